@@ -1,0 +1,91 @@
+"""The strategy contract: answer one query, asynchronously, through a QueryContext."""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, Field
+
+from ttc.answers import extract_answer
+from ttc.types import Problem, Verdict
+
+if TYPE_CHECKING:
+    from ttc.backends.base import Backend
+    from ttc.context import QueryContext
+    from verifiers.base import Verifier
+
+
+class Candidate(BaseModel):
+    completion: str
+    answer: str | None
+    score: float | None = None
+
+
+class Answer(BaseModel):
+    """A strategy's output: the chosen answer and the candidates it chose from."""
+
+    answer: str | None
+    completion: str
+    candidates: list[Candidate] = Field(default_factory=list)
+
+
+class Strategy(ABC):
+    """Spend compute on one query. Implementations are plain async code: every
+    ``await ctx.generate(...)`` joins the engine batch of all queries in flight."""
+
+    name: str = "strategy"
+
+    @abstractmethod
+    async def solve(self, ctx: QueryContext) -> Answer:
+        """Answer ``ctx.problem`` using ``ctx`` for every engine call."""
+
+    def solve_sync(
+        self, problem: Problem | str, backend: Backend, seed: int = 0, **context: Any
+    ) -> Answer:
+        """Blocking convenience for scripts and agent code (not from inside an event loop)."""
+        from ttc.context import QueryContext
+
+        if isinstance(problem, str):
+            problem = Problem(id="adhoc", prompt=problem, answer_format="boxed")
+        return asyncio.run(self.solve(QueryContext(problem, backend, seed=seed, **context)))
+
+
+def candidate(problem: Problem, completion: str, score: float | None = None) -> Candidate:
+    return Candidate(completion=completion, answer=extract_answer(problem, completion), score=score)
+
+
+def majority(cands: list[Candidate]) -> Candidate:
+    """The most common extracted answer (first seen wins ties); unanswered ones never win."""
+    votes = Counter(c.answer for c in cands if c.answer is not None)
+    if not votes:
+        return cands[0]
+    best = max(votes, key=lambda a: (votes[a], -next(i for i, c in enumerate(cands) if c.answer == a)))
+    return next(c for c in cands if c.answer == best)
+
+
+def weighted(cands: list[Candidate]) -> Candidate:
+    """The answer whose candidates' scores sum highest."""
+    totals: dict[str, float] = {}
+    for c in cands:
+        if c.answer is not None:
+            totals[c.answer] = totals.get(c.answer, 0.0) + (c.score or 0.0)
+    if not totals:
+        return cands[0]
+    best = max(totals, key=lambda a: totals[a])
+    return max((c for c in cands if c.answer == best), key=lambda c: c.score or 0.0)
+
+
+def best_scored(cands: list[Candidate]) -> Candidate:
+    return max(cands, key=lambda c: float("-inf") if c.score is None else c.score)
+
+
+async def score_candidates(
+    verifier: Verifier, ctx: QueryContext, cands: list[Candidate]
+) -> list[Verdict]:
+    verdicts = await verifier.verify_many(ctx.problem, [c.completion for c in cands], ctx)
+    for c, v in zip(cands, verdicts, strict=True):
+        c.score = v.score
+    return verdicts

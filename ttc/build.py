@@ -1,0 +1,207 @@
+"""From a Hydra config to live objects: checked first, engines started last.
+
+``check_config`` validates every group (one-line errors naming the key) without
+importing an engine; ``build`` starts the engines, reusing one per model and
+settings for all runs of a sweep in the same process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Literal
+
+from omegaconf import DictConfig, OmegaConf
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ttc import datasets
+from ttc.backends.base import Backend
+from ttc.reference import POLICY_PATH, PRM_PATH
+from ttc.registry import BACKENDS, STRATEGIES, VERIFIERS, ConfigError, check_args, resolve
+from ttc.types import KVGeometry, Problem
+
+LOADERS: dict[str, Callable[..., list[Problem]]] = {
+    "arith": datasets.arith_problems,
+    "synth_code": datasets.synth_code_problems,
+    **{name: partial(datasets.load, name) for name in ("humaneval", *datasets.BENCHMARKS)},
+}
+
+
+class ModelSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    path: str | None = None
+    prm_path: str | None = None
+    prompt_format: Literal["reference", "chat", "plain"] = "chat"
+    step_delimiter: str = "\n\n"
+    max_model_len: int = 4096
+    dtype: str = "auto"
+
+    @property
+    def policy(self) -> str:
+        return self.path or str(POLICY_PATH)
+
+    @property
+    def prm(self) -> str:
+        return self.prm_path or str(PRM_PATH)
+
+
+@dataclass
+class RunSpec:
+    model: ModelSpec
+    backend_name: str
+    backend_args: dict[str, Any]
+    strategy_name: str
+    strategy_args: dict[str, Any]
+    verifier_name: str | None
+    verifier_args: dict[str, Any]
+    dataset_name: str
+    dataset_args: dict[str, Any]
+    seed: int = 0
+    concurrency: int = 64
+    usd_per_gpu_hour: float = 0.0
+    progress: bool = True
+
+
+def _group(cfg: DictConfig, key: str) -> tuple[str, dict[str, Any]]:
+    node = cfg.get(key)
+    if node is None or "name" not in node:
+        raise ConfigError(f"{key}: missing; choose one with {key}=<name>")
+    params = OmegaConf.to_container(node, resolve=True)
+    assert isinstance(params, dict)
+    return str(params.pop("name")), params
+
+
+def check_config(cfg: DictConfig) -> RunSpec:
+    """Validate the whole config before anything heavy starts."""
+    try:
+        model = ModelSpec(**OmegaConf.to_container(cfg.model, resolve=True))  # type: ignore[arg-type]
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ConfigError(f"model.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+    b_name, b_args = _group(cfg, "backend")
+    s_name, s_args = _group(cfg, "strategy")
+    v_name, v_args = _group(cfg, "verifier")
+    d_name, d_args = _group(cfg, "dataset")
+    backend_cls = resolve(BACKENDS, b_name, "backend")
+    strategy_cls = resolve(STRATEGIES, s_name, "strategy")
+    if v_name == "auto":
+        v_name = getattr(strategy_cls, "default_verifier", None) or "none"
+        v_args = {}
+    if v_name != "none":
+        v_args = check_args(resolve(VERIFIERS, v_name, "verifier"), v_args, "verifier")
+    if d_name not in LOADERS:
+        raise ConfigError(f"dataset: unknown {d_name!r}; allowed: {', '.join(LOADERS)}")
+    d_args = check_args(LOADERS[d_name], d_args, "dataset")
+    s_args = check_args(strategy_cls, s_args, "strategy")
+    if getattr(strategy_cls, "needs_verifier", lambda a: False)(s_args) and v_name == "none":
+        raise ConfigError(f"verifier: strategy {s_name} with these options needs one (e.g. verifier=prm)")
+    b_args = check_args(backend_cls, b_args, "backend")
+    for key in ("concurrency", "seed"):
+        if not isinstance(cfg.get(key), int) or cfg.get(key) < 0:
+            raise ConfigError(f"{key}: must be a non-negative integer (got {cfg.get(key)!r})")
+    return RunSpec(
+        model=model,
+        backend_name=b_name,
+        backend_args=b_args,
+        strategy_name=s_name,
+        strategy_args=s_args,
+        verifier_name=None if v_name == "none" else v_name,
+        verifier_args=v_args,
+        dataset_name=d_name,
+        dataset_args=d_args,
+        seed=cfg.seed,
+        concurrency=max(1, cfg.concurrency),
+        usd_per_gpu_hour=float(cfg.cost.usd_per_gpu_hour),
+        progress=bool(cfg.get("progress", True)),
+    )
+
+
+_ENGINES: dict[tuple[Any, ...], Backend] = {}
+
+
+def engine(name: str, model: str, seed: int, **args: Any) -> Backend:
+    """One engine per (backend, model, settings) per process: a sweep reuses it."""
+    key = (name, model, seed, tuple(sorted((k, repr(v)) for k, v in args.items())))
+    if key not in _ENGINES:
+        _ENGINES[key] = resolve(BACKENDS, name, "backend")(model=model, seed=seed, **args)
+    return _ENGINES[key]
+
+
+def prompt_formatter(model: ModelSpec, tokenizer: Any) -> Callable[[Problem], str]:
+    def fmt(problem: Problem) -> str:
+        if problem.meta.get("preformatted"):
+            return problem.prompt
+        if problem.kind == "code":
+            return problem.prompt
+        if model.prompt_format == "reference":
+            return f"Q:{problem.prompt}=?\n"
+        instruction = problem.prompt + "\n\nPlease reason step by step, and put your final answer within \\boxed{}."
+        if model.prompt_format == "chat":
+            return tokenizer.apply_chat_template(
+                [{"role": "user", "content": instruction}], tokenize=False, add_generation_prompt=True
+            )
+        return instruction + "\n"
+
+    return fmt
+
+
+@dataclass
+class Built:
+    problems: list[Problem]
+    strategy: Any
+    backend: Backend
+    grade: Callable[[Problem, Any], Awaitable[bool]]
+    format_prompt: Callable[[Problem], str]
+    verifier_kv: KVGeometry | None = None
+    extra: list[Any] = field(default_factory=list)
+
+    def close(self) -> None:
+        """Engines stay up for the next run of a sweep; they close at exit."""
+
+
+def build(spec: RunSpec) -> Built:
+    problems = LOADERS[spec.dataset_name](**spec.dataset_args)
+    engine_args = {**spec.backend_args}
+    if "max_model_len" in engine_args and engine_args["max_model_len"] is None:
+        engine_args["max_model_len"] = spec.model.max_model_len
+    if "dtype" in engine_args and engine_args["dtype"] is None:
+        engine_args["dtype"] = spec.model.dtype
+    backend = engine(spec.backend_name, spec.model.policy, spec.seed, **engine_args)
+
+    verifier = None
+    verifier_kv = None
+    if spec.verifier_name == "prm":
+        prm_backend = engine(spec.backend_name, spec.model.prm, spec.seed, **engine_args)
+        verifier = resolve(VERIFIERS, "prm", "verifier")(
+            prm_backend, step_delimiter=spec.model.step_delimiter, **spec.verifier_args
+        )
+        verifier_kv = prm_backend.kv
+    elif spec.verifier_name is not None:
+        verifier = resolve(VERIFIERS, spec.verifier_name, "verifier")(**spec.verifier_args)
+
+    strategy_cls = resolve(STRATEGIES, spec.strategy_name, "strategy")
+    extra = {"verifier": verifier} if "verifier" in strategy_cls.__init__.__code__.co_varnames else {}
+    strategy = strategy_cls(**spec.strategy_args, **extra)
+
+    from verifiers.math import equivalent
+
+    # Grading reads the hidden tests or the gold answer; it is evaluation, not test-time compute.
+    has_code = any(p.kind == "code" for p in problems)
+    code_grader = resolve(VERIFIERS, "code", "verifier")() if has_code else None
+
+    async def grade(problem: Problem, answer: Any) -> bool:
+        if problem.kind == "code":
+            assert code_grader is not None
+            return bool((await code_grader.verify(problem, answer.completion)).passed)
+        return equivalent(problem.answer, answer.answer)
+
+    return Built(
+        problems=problems,
+        strategy=strategy,
+        backend=backend,
+        grade=grade,
+        format_prompt=prompt_formatter(spec.model, backend.tokenizer),
+        verifier_kv=verifier_kv,
+    )

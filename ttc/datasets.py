@@ -1,0 +1,125 @@
+"""Datasets as lists of ``Problem``: the synthetic reference tasks, local JSONL or hub benchmarks."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ttc.answers import gsm8k_gold
+from ttc.tasks import arith, synth_code
+from ttc.types import Problem
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# name -> (local file under the data dir, hub id, hub config, hub split)
+BENCHMARKS: dict[str, tuple[str, str, str | None, str]] = {
+    "gsm8k": ("gsm8k/test.jsonl", "openai/gsm8k", "main", "test"),
+    "math500": ("math500/test.jsonl", "HuggingFaceH4/MATH-500", None, "test"),
+    "aime24": ("aime24/test.jsonl", "HuggingFaceH4/aime_2024", None, "train"),
+    "amc23": ("amc23/test.jsonl", "math-ai/amc23", None, "test"),
+    "mbpp": ("mbpp/mbpp.jsonl", "google-research-datasets/mbpp", "full", "test"),
+}
+DATASETS = ("arith", "synth_code", "humaneval", *BENCHMARKS)
+
+
+def data_dir() -> Path:
+    """Where local benchmark files live: $TTC_DATA_DIR, else ``../shared/data`` beside the repo."""
+    env = os.environ.get("TTC_DATA_DIR")
+    return Path(env) if env else REPO_ROOT.parent / "shared" / "data"
+
+
+def arith_problems(
+    limit: int = 100, seed: int = 0, steps: int = 4, max_operand: int = 99, direct: bool = False
+) -> list[Problem]:
+    return [
+        Problem(
+            id=f"arith-s{steps}-{seed}-{i}",
+            prompt=p.prompt(direct),
+            answer=str(p.answer),
+            answer_format="reference",
+            meta={"difficulty": steps, "expression": p.expression, "preformatted": True},
+        )
+        for i, p in enumerate(arith.generate(limit, steps, seed, max_operand))
+    ]
+
+
+def synth_code_problems(limit: int = 100, seed: int = 0, max_const: int = 9) -> list[Problem]:
+    return [
+        Problem(
+            id=f"code-{seed}-{i}",
+            prompt=p.prompt(),
+            answer=p.program,
+            kind="code",
+            answer_format="program",
+            tests=p.test_code(hidden=True),
+            visible_tests=p.test_code(hidden=False),
+            entry_point="f",
+            meta={"difficulty": max_const, "preformatted": True},
+        )
+        for i, p in enumerate(synth_code.generate(limit, seed, max_const))
+    ]
+
+
+def _load_rows(name: str, path: str | None) -> list[dict[str, Any]]:
+    """Rows from a local JSONL file through ``datasets``, or from the hub by name."""
+    import datasets
+
+    local, hub_id, hub_config, split = BENCHMARKS[name]
+    file = Path(path) if path else data_dir() / local
+    if file.exists():
+        return list(datasets.load_dataset("json", data_files=str(file), split="train"))
+    if path:
+        raise FileNotFoundError(f"dataset.path: no such file {file}")
+    try:
+        return list(datasets.load_dataset(hub_id, hub_config, split=split))
+    except Exception as exc:  # noqa: BLE001 - no hub here: say what to do instead
+        raise FileNotFoundError(
+            f"dataset {name}: {file} not found and the hub ({hub_id}) is unreachable; "
+            f"set dataset.path or TTC_DATA_DIR ({type(exc).__name__})"
+        ) from None
+
+
+def math_problems(name: str, path: str | None = None) -> list[Problem]:
+    out = []
+    for i, row in enumerate(_load_rows(name, path)):
+        question = row.get("question") or row.get("problem")
+        if name == "gsm8k":
+            answer, fmt = gsm8k_gold(row["answer"]), "gsm8k"
+        else:
+            answer, fmt = str(row["answer"]), "boxed"
+        pid = str(row.get("unique_id") or row.get("id") or i)
+        meta = {k: row[k] for k in ("level", "subject") if k in row}
+        meta["difficulty"] = row.get("level", name)
+        out.append(Problem(id=f"{name}-{pid}", prompt=question, answer=answer, answer_format=fmt, meta=meta))
+    return out
+
+
+def load(name: str, limit: int | None = None, seed: int = 0, path: str | None = None, **params: Any) -> list[Problem]:
+    """Problems of dataset ``name``; ``limit`` keeps the first ones (in file order,
+    or a seeded shuffle when ``shuffle=True``)."""
+    shuffle = params.pop("shuffle", False)
+    if name == "arith":
+        return arith_problems(limit=limit or 100, seed=seed, **params)
+    if name == "synth_code":
+        return synth_code_problems(limit=limit or 100, seed=seed, **params)
+    if params:
+        raise ValueError(f"dataset {name} takes no parameters {sorted(params)}")
+    if name == "humaneval":
+        from verifiers.code import humaneval_problems
+
+        problems = humaneval_problems()
+    elif name == "mbpp":
+        from verifiers.code import mbpp_problems
+
+        local = Path(path) if path else data_dir() / BENCHMARKS["mbpp"][0]
+        problems = mbpp_problems(str(local))
+    elif name in BENCHMARKS:
+        problems = math_problems(name, path)
+    else:
+        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+    if shuffle:
+        import random
+
+        random.Random(seed).shuffle(problems)
+    return problems[:limit] if limit else problems

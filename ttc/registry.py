@@ -1,0 +1,64 @@
+"""Names that configs use, mapped to classes; constructor arguments checked before any engine starts."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Any
+
+from pydantic import ConfigDict, ValidationError, create_model
+
+STRATEGIES = {
+    "cot": "strategies.cot:CoT",
+    "best_of_n": "strategies.best_of_n:BestOfN",
+    "beam_search": "strategies.beam_search:BeamSearch",
+    "dvts": "strategies.dvts:DVTS",
+    "mcts": "strategies.mcts:MCTS",
+    "verify_revise": "strategies.verify_revise:VerifyRevise",
+    "particle_filter": "strategies.particle_filter:ParticleFilter",
+}
+VERIFIERS = {
+    "math": "verifiers.math:MathVerifier",
+    "code": "verifiers.code:CodeVerifier",
+    "prm": "verifiers.prm:PRMVerifier",
+}
+BACKENDS = {
+    "vllm": "ttc.backends.vllm:VLLMBackend",
+    "hf": "ttc.backends.hf:HFBackend",
+    "sglang": "ttc.backends.sglang:SGLangBackend",
+    "http": "ttc.backends.http:HTTPBackend",
+}
+# Arguments the runner supplies itself (engines, verifiers), never from config.
+INJECTED = {"self", "verifier", "backend", "llm", "prm", "model", "seed"}
+
+
+class ConfigError(ValueError):
+    """A bad config value; its message is one line naming the key."""
+
+
+def resolve(table: dict[str, str], name: str, key: str) -> type:
+    if name not in table:
+        raise ConfigError(f"{key}: unknown {name!r}; allowed: {', '.join(table)}")
+    module, attr = table[name].split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def check_args(cls: type, params: dict[str, Any], key: str) -> dict[str, Any]:
+    """Validate ``params`` against ``cls.__init__``'s annotations; return coerced values."""
+    sig = inspect.signature(cls.__init__)
+    hints = inspect.get_annotations(cls.__init__, eval_str=True)
+    fields = {
+        n: (hints.get(n, Any), ... if p.default is inspect.Parameter.empty else p.default)
+        for n, p in sig.parameters.items()
+        if n not in INJECTED and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+    }
+    model = create_model(f"{cls.__name__}Args", __config__=ConfigDict(extra="forbid"), **fields)  # type: ignore[call-overload]
+    try:
+        return model(**params).model_dump()
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"])
+        got = f" (got {err['input']!r})" if err["type"] != "extra_forbidden" else ""
+        msg = "not a known option" if err["type"] == "extra_forbidden" else err["msg"]
+        allowed = f"; allowed: {', '.join(fields)}" if err["type"] == "extra_forbidden" else ""
+        raise ConfigError(f"{key}.{loc}: {msg}{got}{allowed}") from None

@@ -1,0 +1,33 @@
+"""The verifier contract: score a final answer, optionally each step."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
+
+from ttc.types import Problem, Verdict
+
+if TYPE_CHECKING:
+    from ttc.context import QueryContext
+
+
+class Verifier(ABC):
+    """Scores one candidate completion for a problem.
+
+    ``ctx`` is the query's context: verifiers that run a model (reward models,
+    judges) call it so their tokens and GPU-seconds land in the query's ledger
+    as verifier work; the others may ignore it.
+    """
+
+    name: str = "verifier"
+
+    @abstractmethod
+    async def verify(self, problem: Problem, completion: str, ctx: QueryContext | None = None) -> Verdict:
+        """Judge ``completion`` (the model's full output after the prompt)."""
+
+    async def verify_many(
+        self, problem: Problem, completions: list[str], ctx: QueryContext | None = None
+    ) -> list[Verdict]:
+        import asyncio
+
+        return list(await asyncio.gather(*(self.verify(problem, c, ctx) for c in completions)))
