@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Literal
 
+from strategies.base import Answer, Strategy, best_scored, candidate, majority, score_candidates, weighted
 from ttc.context import QueryContext
 from ttc.types import GenRequest
-from strategies.base import Answer, Strategy, best_scored, candidate, majority, score_candidates, weighted
 from verifiers.base import Verifier
 
 Select = Literal["majority", "verifier", "weighted"]

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from strategies.base import Answer, Strategy, candidate
 from ttc.context import QueryContext
 from ttc.types import GenRequest
-from strategies.base import Answer, Strategy, candidate
 
 
 class CoT(Strategy):

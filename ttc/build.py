@@ -93,7 +93,7 @@ def check_config(cfg: DictConfig) -> RunSpec:
         v_args = check_args(resolve(VERIFIERS, v_name, "verifier"), v_args, "verifier")
     if d_name not in LOADERS:
         raise ConfigError(f"dataset: unknown {d_name!r}; allowed: {', '.join(LOADERS)}")
-    d_args = check_args(LOADERS[d_name], d_args, "dataset")
+    d_args = check_args(LOADERS[d_name], d_args, "dataset", injected=frozenset({"name"}))
     s_args = check_args(strategy_cls, s_args, "strategy")
     if getattr(strategy_cls, "needs_verifier", lambda a: False)(s_args) and v_name == "none":
         raise ConfigError(f"verifier: strategy {s_name} with these options needs one (e.g. verifier=prm)")

@@ -73,7 +73,7 @@ def _load_rows(name: str, path: str | None) -> list[dict[str, Any]]:
         raise FileNotFoundError(f"dataset.path: no such file {file}")
     try:
         return list(datasets.load_dataset(hub_id, hub_config, split=split))
-    except Exception as exc:  # noqa: BLE001 - no hub here: say what to do instead
+    except Exception as exc:
         raise FileNotFoundError(
             f"dataset {name}: {file} not found and the hub ({hub_id}) is unreachable; "
             f"set dataset.path or TTC_DATA_DIR ({type(exc).__name__})"
@@ -95,10 +95,16 @@ def math_problems(name: str, path: str | None = None) -> list[Problem]:
     return out
 
 
-def load(name: str, limit: int | None = None, seed: int = 0, path: str | None = None, **params: Any) -> list[Problem]:
+def load(
+    name: str,
+    limit: int | None = None,
+    seed: int = 0,
+    path: str | None = None,
+    shuffle: bool = False,
+    **params: Any,
+) -> list[Problem]:
     """Problems of dataset ``name``; ``limit`` keeps the first ones (in file order,
     or a seeded shuffle when ``shuffle=True``)."""
-    shuffle = params.pop("shuffle", False)
     if name == "arith":
         return arith_problems(limit=limit or 100, seed=seed, **params)
     if name == "synth_code":

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
+import typing
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import ConfigDict, ValidationError, create_model
@@ -29,7 +32,7 @@ BACKENDS = {
     "http": "ttc.backends.http:HTTPBackend",
 }
 # Arguments the runner supplies itself (engines, verifiers), never from config.
-INJECTED = {"self", "verifier", "backend", "llm", "prm", "model", "seed"}
+INJECTED = frozenset({"self", "verifier", "backend", "llm", "prm", "model", "seed"})
 
 
 class ConfigError(ValueError):
@@ -43,16 +46,21 @@ def resolve(table: dict[str, str], name: str, key: str) -> type:
     return getattr(importlib.import_module(module), attr)
 
 
-def check_args(cls: type, params: dict[str, Any], key: str) -> dict[str, Any]:
-    """Validate ``params`` against ``cls.__init__``'s annotations; return coerced values."""
-    sig = inspect.signature(cls.__init__)
-    hints = inspect.get_annotations(cls.__init__, eval_str=True)
+def check_args(
+    target: Callable[..., Any], params: dict[str, Any], key: str, injected: frozenset[str] = INJECTED
+) -> dict[str, Any]:
+    """Validate ``params`` against the annotations of a class's ``__init__`` or a
+    function (or partial); return the coerced values."""
+    fn = target.__init__ if isinstance(target, type) else target
+    sig = inspect.signature(fn)
+    hints = typing.get_type_hints(fn.func if isinstance(fn, functools.partial) else fn)
     fields = {
         n: (hints.get(n, Any), ... if p.default is inspect.Parameter.empty else p.default)
         for n, p in sig.parameters.items()
-        if n not in INJECTED and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+        if n not in injected and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
     }
-    model = create_model(f"{cls.__name__}Args", __config__=ConfigDict(extra="forbid"), **fields)  # type: ignore[call-overload]
+    name = getattr(target, "__name__", None) or getattr(getattr(target, "func", None), "__name__", "target")
+    model = create_model(f"{name}Args", __config__=ConfigDict(extra="forbid"), **fields)  # type: ignore[call-overload]
     try:
         return model(**params).model_dump()
     except ValidationError as exc:

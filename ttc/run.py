@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from ttc.build import Built, build, check_config
 from ttc.registry import ConfigError
 from ttc.runner import read_records, run_queries, summarize
 
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # the engine's INFO lines drown the progress bar
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 
 
@@ -68,10 +70,16 @@ def execute(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    hc = HydraConfig.get()
+    out_dir = Path(hc.runtime.output_dir)
     try:
         summary = execute(cfg, out_dir)
     except ConfigError as exc:
+        # In a sweep, a grid axis that one strategy does not take (strategy.n for
+        # cot in `strategy=cot,best_of_n strategy.n=1,4,16`) skips that cell.
+        if str(hc.mode) == "RunMode.MULTIRUN" and "not a known option" in str(exc):
+            print(f"skipped: {exc}")
+            return
         print(f"config error: {exc}", file=sys.stderr)
         sys.exit(2)
     print(json.dumps(summary, indent=2))

@@ -99,7 +99,7 @@ async def run_queries(
                     completion=answer.completion,
                     trace={"candidates": [c.model_dump() for c in answer.candidates], "events": ctx.trace},
                 )
-            except Exception as exc:  # noqa: BLE001 - one failing query must not stop the run
+            except Exception as exc:
                 record.update(answer=None, correct=False, error=f"{type(exc).__name__}: {exc}")
             record.update(ledger.summary(usd_per_gpu_hour), wall_seconds=time.perf_counter() - t0)
             records.append(record)

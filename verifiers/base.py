@@ -25,6 +25,12 @@ class Verifier(ABC):
     async def verify(self, problem: Problem, completion: str, ctx: QueryContext | None = None) -> Verdict:
         """Judge ``completion`` (the model's full output after the prompt)."""
 
+    async def score_partial(self, problem: Problem, steps: list[str], ctx: QueryContext | None = None) -> float:
+        """Score a partial solution (its steps so far) to guide search; by default
+        the whole-answer score of the text so far. Process reward models override
+        this to judge the newest step only."""
+        return (await self.verify(problem, "".join(steps), ctx)).score
+
     async def verify_many(
         self, problem: Problem, completions: list[str], ctx: QueryContext | None = None
     ) -> list[Verdict]:

@@ -74,6 +74,11 @@ class PRMVerifier(Verifier):
             prefixes.append(ids)
         return await self.score_prefixes(ctx, prefixes)
 
+    async def score_partial(self, problem: Problem, steps: list[str], ctx: QueryContext | None = None) -> float:
+        prompt = ctx.prompt if ctx else problem.prompt
+        ids = self.backend.encode(prompt) + self.backend.encode_continuation("".join(steps))
+        return (await self.score_prefixes(ctx, [ids]))[0]
+
     async def verify(self, problem: Problem, completion: str, ctx: QueryContext | None = None) -> Verdict:
         prompt = ctx.prompt if ctx else problem.prompt
         scores = await self.score_steps(ctx, prompt, self.split(completion))

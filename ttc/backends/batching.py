@@ -49,7 +49,7 @@ class MicroBatcher(Generic[J, R]):
             jobs = [j for j, _ in batch]
             try:
                 results = await asyncio.to_thread(self._run_batch, jobs, next(self._ids))
-            except Exception:  # noqa: BLE001 - isolate the failing request below
+            except Exception:
                 results = None
             if results is not None:
                 for (_, fut), res in zip(batch, results, strict=True):
@@ -60,7 +60,7 @@ class MicroBatcher(Generic[J, R]):
             for job, fut in batch:
                 try:
                     (res,) = await asyncio.to_thread(self._run_batch, [job], next(self._ids))
-                except Exception as exc:  # noqa: BLE001 - delivered to its caller
+                except Exception as exc:
                     if not fut.done():
                         fut.set_exception(exc)
                 else:

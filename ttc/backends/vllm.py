@@ -14,7 +14,7 @@ from typing import Any
 
 from ttc.backends.base import Backend, BackendError, apportion
 from ttc.backends.batching import MicroBatcher
-from ttc.types import Completion, GenRequest, GenResult, KVGeometry, ScoreRequest, ScoreResult
+from ttc.types import Completion, GenRequest, GenResult, ScoreRequest, ScoreResult
 
 
 def on_cpu() -> bool:

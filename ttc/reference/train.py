@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from ttc.reference import PRM_PATH, POLICY_PATH
+from ttc.reference import POLICY_PATH, PRM_PATH
 from ttc.reference.tokenizer import BAD, GOOD, save_tokenizer
 from ttc.tasks import arith, synth_code
 
@@ -68,17 +68,17 @@ def collate(
     seqs, labels = [], []
     for prompt, completion in pairs:
         p = tok(prompt).input_ids
-        c = tok(completion, add_special_tokens=False).input_ids + [tok.eos_token_id]
+        c = [*tok(completion, add_special_tokens=False).input_ids, tok.eos_token_id]
         seqs.append(p + c)
         labels.append([-100] * len(p) + c)
     width = max(map(len, seqs))
     ids = torch.full((len(seqs), width), tok.pad_token_id)
     lab = torch.full((len(seqs), width), -100)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, (s, l) in enumerate(zip(seqs, labels, strict=True)):
-        ids[i, : len(s)] = torch.tensor(s)
-        lab[i, : len(l)] = torch.tensor(l)
-        mask[i, : len(s)] = 1
+    for i, (seq, lbl) in enumerate(zip(seqs, labels, strict=True)):
+        ids[i, : len(seq)] = torch.tensor(seq)
+        lab[i, : len(lbl)] = torch.tensor(lbl)
+        mask[i, : len(seq)] = 1
     return ids, mask, lab
 
 
@@ -143,7 +143,9 @@ def train_policy(path: Path, seed: int, steps: int, batch: int) -> None:
 # ----------------------------------------------------------------------------- PRM
 
 
-def sample_policy_solutions(policy: Path, seed: int, n_problems: int, samples: int) -> list[tuple[str, list[str], list[bool]]]:
+def sample_policy_solutions(
+    policy: Path, seed: int, n_problems: int, samples: int
+) -> list[tuple[str, list[str], list[bool]]]:
     """Sample the policy on fresh problems and label every step by exact checking.
 
     Returns (prompt, steps, labels), one per sampled solution. Code solutions are
@@ -211,8 +213,8 @@ def prm_collate(
 def train_prm(policy: Path, path: Path, seed: int, steps: int, batch: int, n_problems: int) -> None:
     """Fine-tune a copy of the policy to predict <good>/<bad> after each step."""
     data = sample_policy_solutions(policy, seed, n_problems, samples=4)
-    n_steps = sum(len(l) for _, _, l in data)
-    n_good = sum(sum(l) for _, _, l in data)
+    n_steps = sum(len(labels) for _, _, labels in data)
+    n_good = sum(sum(labels) for _, _, labels in data)
     print(f"PRM data: {len(data)} solutions, {n_steps} steps, {n_good / n_steps:.2f} good")
     tok = PreTrainedTokenizerFast.from_pretrained(str(policy))
     model = LlamaForCausalLM.from_pretrained(str(policy))

@@ -1,0 +1,76 @@
+"""Particle filtering over reasoning steps (Puri et al. 2025).
+
+    particles <- N empty chains, equal weights
+    repeat until every particle is finished (or max_depth):
+        extend every unfinished particle by one step
+        weight each by the PRM score of its newest step
+        resample the unfinished particles in proportion to softmax(weight / temperature)
+    answer: the finished particle with the highest weight (or a weighted vote)
+
+Resampled copies share their whole prefix, which the engine's cache holds once.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Literal
+
+from strategies.base import Answer, Strategy
+from strategies.beam_search import pick
+from strategies.tree import Node, expand, root, score
+from ttc.context import QueryContext
+from verifiers.base import Verifier
+
+
+class ParticleFilter(Strategy):
+    name = "particle_filter"
+    default_verifier = "prm"
+
+    def __init__(
+        self,
+        n: int = 16,
+        max_depth: int = 12,
+        resample_temperature: float = 0.1,
+        select: Literal["best", "weighted"] = "weighted",
+        temperature: float = 1.0,
+        max_step_tokens: int = 48,
+        verifier: Verifier | None = None,
+    ) -> None:
+        self.n, self.max_depth, self.tau, self.select = n, max_depth, resample_temperature, select
+        self.temperature, self.max_step_tokens = temperature, max_step_tokens
+        self.verifier = verifier
+
+    @staticmethod
+    def needs_verifier(args: dict) -> bool:
+        return True
+
+    def resample(self, rng: random.Random, particles: list[Node]) -> list[Node]:
+        m = max(p.score for p in particles)
+        weights = [math.exp((p.score - m) / self.tau) for p in particles]
+        return rng.choices(particles, weights=weights, k=len(particles))
+
+    async def solve(self, ctx: QueryContext) -> Answer:
+        assert self.verifier is not None
+        rng = random.Random(ctx.seed_for("resample"))
+        opts = dict(temperature=self.temperature, max_step_tokens=self.max_step_tokens, max_depth=self.max_depth)
+        start = root(ctx)
+        particles = [start] * self.n
+        finished: list[Node] = []
+        for depth in range(self.max_depth):
+            # Copies of one particle (after resampling) go out as one request with n = copies.
+            copies: dict[int, list[Node]] = {}
+            for p in particles:
+                copies.setdefault(id(p), []).append(p)
+            parents = [group[0] for group in copies.values()]
+            kids = await expand(ctx, parents, [len(g) for g in copies.values()], **opts)
+            children = [c for ks in kids for c in ks]
+            await score(ctx, self.verifier, children)
+            finished += [c for c in children if c.done]
+            alive = [c for c in children if not c.done]
+            ctx.log("pf_step", depth=depth, alive=len(alive), finished=len(finished))
+            if not alive:
+                break
+            particles = self.resample(rng, alive)
+        return pick(ctx, finished, self.select)
+

@@ -1,0 +1,67 @@
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from ttc.backends.batching import MicroBatcher
+
+
+async def test_concurrent_submissions_meet_in_one_batch() -> None:
+    batches: list[list[int]] = []
+
+    def run(jobs: Sequence[int], batch_id: int) -> list[int]:
+        batches.append(list(jobs))
+        return [j * 10 for j in jobs]
+
+    b: MicroBatcher[int, int] = MicroBatcher(run)
+    results = await asyncio.gather(*(b.submit([i, i + 100]) for i in range(8)))
+    assert results[3] == [30, 1030]
+    assert len(batches) == 1 and len(batches[0]) == 16
+
+
+async def test_a_failing_job_fails_alone() -> None:
+    def run(jobs: Sequence[int], batch_id: int) -> list[int]:
+        if any(j < 0 for j in jobs):
+            raise ValueError("negative")
+        return list(jobs)
+
+    b: MicroBatcher[int, int] = MicroBatcher(run)
+    ok, bad = await asyncio.gather(b.submit([1, 2]), b.submit([-1]), return_exceptions=True)
+    assert ok == [1, 2]
+    assert isinstance(bad, ValueError)
+
+
+async def test_followup_requests_form_the_next_batch() -> None:
+    sizes: list[int] = []
+
+    def run(jobs: Sequence[int], batch_id: int) -> list[int]:
+        sizes.append(len(jobs))
+        return list(jobs)
+
+    b: MicroBatcher[int, int] = MicroBatcher(run)
+
+    async def chain(i: int) -> None:
+        for step in range(3):
+            await b.submit([i * 10 + step])
+
+    await asyncio.gather(*(chain(i) for i in range(5)))
+    assert sizes == [5, 5, 5]
+
+
+def test_batch_ids_are_distinct() -> None:
+    ids: list[int] = []
+
+    def run(jobs: Sequence[int], batch_id: int) -> list[int]:
+        ids.append(batch_id)
+        return list(jobs)
+
+    b: MicroBatcher[int, int] = MicroBatcher(run)
+
+    async def go() -> None:
+        await b.submit([1])
+        await b.submit([2])
+
+    asyncio.run(go())
+    assert len(set(ids)) == 2
+    with pytest.raises(TypeError):
+        asyncio.run(b.submit(None))  # type: ignore[arg-type]

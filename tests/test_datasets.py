@@ -1,0 +1,59 @@
+from pathlib import Path
+
+import pytest
+
+from ttc import datasets
+from ttc.answers import extract_answer
+
+DATA = datasets.data_dir()
+needs_data = pytest.mark.skipif(not (DATA / "gsm8k").exists(), reason=f"no local benchmark data at {DATA}")
+
+
+def test_arith_dataset_is_reproducible_and_has_difficulty() -> None:
+    a = datasets.load("arith", limit=5, seed=1, steps=3)
+    assert [p.id for p in a] == [p.id for p in datasets.load("arith", limit=5, seed=1, steps=3)]
+    assert all(p.meta["difficulty"] == 3 and p.prompt.startswith("Q:") for p in a)
+    direct = datasets.arith_problems(limit=5, seed=1, steps=3, direct=True)
+    assert [p.answer for p in direct] == [p.answer for p in a]
+    assert all(p.prompt.startswith("D:") for p in direct)
+
+
+def test_synth_code_dataset_carries_hidden_and_visible_tests() -> None:
+    (p,) = datasets.load("synth_code", limit=1, seed=0)
+    assert p.kind == "code" and "assert f(" in p.tests and "assert f(" in p.visible_tests
+    assert p.tests != p.visible_tests
+
+
+@needs_data
+@pytest.mark.parametrize(("name", "count"), [("gsm8k", 1319), ("math500", 500), ("aime24", 30), ("amc23", 40)])
+def test_local_math_benchmarks_load(name: str, count: int) -> None:
+    probs = datasets.load(name)
+    assert len(probs) == count
+    assert all(p.prompt and p.answer for p in probs)
+    assert len({p.id for p in probs}) == count
+
+
+@needs_data
+def test_gsm8k_gold_is_the_number_after_hashes() -> None:
+    p = datasets.load("gsm8k", limit=1)[0]
+    assert p.answer == "18" and p.answer_format == "gsm8k"
+    assert extract_answer(p, "... so she makes $18.\n#### 18") == "18"
+
+
+def test_limit_and_seeded_shuffle(tmp_path: Path) -> None:
+    f = tmp_path / "g.jsonl"
+    f.write_text("".join(f'{{"question": "q{i}", "answer": "x #### {i}"}}\n' for i in range(10)))
+    assert [p.answer for p in datasets.load("gsm8k", path=str(f), limit=3)] == ["0", "1", "2"]
+    shuffled = [p.answer for p in datasets.load("gsm8k", path=str(f), limit=3, shuffle=True, seed=1)]
+    assert shuffled == [p.answer for p in datasets.load("gsm8k", path=str(f), limit=3, shuffle=True, seed=1)]
+    assert shuffled != ["0", "1", "2"]
+
+
+def test_missing_local_file_says_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"dataset\.path"):
+        datasets.load("math500", path=str(tmp_path / "nope.jsonl"))
+
+
+def test_humaneval_ships_in_its_package() -> None:
+    probs = datasets.load("humaneval", limit=3)
+    assert len(probs) == 3 and all(p.kind == "code" and p.entry_point for p in probs)

@@ -1,0 +1,58 @@
+"""``python -m ttc.run`` end to end: config errors, a real run on vLLM, resume, a sweep."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "ttc.run", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "key"),
+    [
+        (["strategy=best_of_n", "strategy.select=loudest"], "strategy.select"),
+        (["+strategy.beams=3"], "strategy.beams"),
+        (["dataset.steps=four"], "dataset.steps"),
+        (["backend.gpu_memory_utilization=lots"], "backend.gpu_memory_utilization"),
+        (["strategy=best_of_n", "strategy.select=verifier", "verifier=none"], "verifier"),
+        (["dataset=nope"], "dataset"),
+    ],
+)
+def test_bad_config_fails_fast_with_one_line(tmp_path: Path, args: list[str], key: str) -> None:
+    p = run(*args, f"hydra.run.dir={tmp_path}", timeout=120)
+    assert p.returncode != 0
+    err = [line for line in p.stderr.strip().splitlines() if line.strip()]
+    assert len(err) == 1 and key in err[0], p.stderr
+    assert "Traceback" not in p.stderr
+    assert not (tmp_path / "results.jsonl").exists()
+
+
+@pytest.mark.engine
+def test_default_job_runs_and_resumes(tmp_path: Path) -> None:
+    p = run("dataset.limit=6", "strategy=best_of_n", "strategy.n=4", f"hydra.run.dir={tmp_path}")
+    assert p.returncode == 0, p.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    for key in ("accuracy", "n_queries", "errors", "prompt_tokens", "generated_tokens", "cached_tokens",
+                "kv_peak_bytes", "kv_peak_bytes_unshared", "gpu_seconds", "usd", "ideal_cached_tokens"):
+        assert key in summary
+    assert summary["n_queries"] == 6 and summary["errors"] == 0
+    assert summary["generated_tokens"] > 0 and summary["gpu_seconds"] > 0
+    records = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert len(records) == 6 and all(len(r["trace"]["candidates"]) == 4 for r in records)
+    assert (tmp_path / "config.yaml").exists()
+    again = run("dataset.limit=6", "strategy=best_of_n", "strategy.n=4", f"hydra.run.dir={tmp_path}")
+    assert "complete already" in again.stdout
+    assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 6

@@ -1,0 +1,144 @@
+"""Strategy logic on the deterministic stand-in engine (tests/fakes.py)."""
+
+import asyncio
+
+import pytest
+
+from strategies import BestOfN, CoT
+from strategies.base import Candidate, majority, weighted
+from strategies.beam_search import BeamSearch
+from strategies.dvts import DVTS
+from strategies.mcts import MCTS
+from strategies.particle_filter import ParticleFilter
+from strategies.verify_revise import VerifyRevise
+from tests.fakes import ScriptedBackend
+from ttc.context import QueryContext
+from ttc.datasets import arith_problems
+from ttc.runner import run_queries, summarize
+from verifiers.math import equivalent
+from verifiers.prm import PRMVerifier
+
+PROBLEMS = arith_problems(limit=24, steps=4, seed=7)
+
+
+async def grade(problem, answer) -> bool:
+    return equivalent(problem.answer, answer.answer)
+
+
+def accuracy(strategy, backend: ScriptedBackend, problems=PROBLEMS, seed: int = 0) -> float:
+    records = asyncio.run(run_queries(problems, strategy, backend, grade, seed=seed, progress=False))
+    assert all(r["error"] is None for r in records), [r["error"] for r in records]
+    return summarize(records)["accuracy"]
+
+
+def test_selection_rules() -> None:
+    cands = [Candidate(completion="", answer=a, score=s) for a, s in [("1", 0.1), ("2", 0.9), ("1", 0.2), (None, 5)]]
+    assert majority(cands).answer == "1"
+    assert weighted(cands).answer == "2"
+
+
+def test_cot_answers_from_one_chain() -> None:
+    b = ScriptedBackend(p_correct=1.0)
+    assert accuracy(CoT(), b) == 1.0
+    assert len(b.calls) == 1 and all(r.n == 1 for r in b.calls[0])
+
+
+def test_best_of_n_majority_beats_one_chain() -> None:
+    b = ScriptedBackend(p_correct=0.75)
+    one, vote = accuracy(CoT(), b), accuracy(BestOfN(n=16), b)
+    assert vote >= one + 0.2
+
+
+def test_best_of_n_needs_a_verifier_to_select_by_score() -> None:
+    with pytest.raises(ValueError, match="needs a verifier"):
+        BestOfN(select="verifier")
+
+
+def test_prm_weighted_best_of_n_uses_verifier_scores() -> None:
+    b = ScriptedBackend(p_correct=0.6)
+    prm = PRMVerifier(b)
+    assert accuracy(BestOfN(n=8, select="verifier", verifier=prm), b) >= accuracy(BestOfN(n=8), b)
+
+
+def test_all_queries_share_engine_batches() -> None:
+    b = ScriptedBackend(p_correct=0.7)
+    accuracy(BestOfN(n=4), b)
+    assert len(b.calls) == 1 and len(b.calls[0]) == len(PROBLEMS)
+
+
+def test_beam_search_keeps_n_over_m_survivors_and_beats_sampling() -> None:
+    b = ScriptedBackend(p_correct=0.5)
+    prm = PRMVerifier(b)
+    beam = BeamSearch(n=8, width=4, verifier=prm)
+    acc = accuracy(beam, b)
+    assert acc >= accuracy(BestOfN(n=8), ScriptedBackend(p_correct=0.5)) + 0.2
+    # after the root's N first steps, each call expands N/M survivors with n=M
+    later = [r for call in b.calls[1:] for r in call]
+    assert later and all(r.n == 4 for r in later)
+
+
+def test_beam_search_rejects_bad_width() -> None:
+    with pytest.raises(ValueError, match="multiple of width"):
+        BeamSearch(n=6, width=4)
+
+
+def test_dvts_runs_independent_subtrees() -> None:
+    b = ScriptedBackend(p_correct=0.5)
+    dvts = DVTS(n=8, width=4, verifier=PRMVerifier(b))
+    assert accuracy(dvts, b) >= 0.8
+    first = b.calls[0]
+    assert sum(r.n for r in first) == 8 * len(PROBLEMS)  # N/M roots of M children, every query
+
+
+def test_mcts_expands_several_leaves_per_wave_in_one_batch() -> None:
+    b = ScriptedBackend(p_correct=0.5)
+    mcts = MCTS(simulations=24, branching=3, parallel=3, verifier=PRMVerifier(b))
+    assert accuracy(mcts, b) >= 0.8
+    # virtual loss spreads a wave over distinct leaves: one engine batch holds
+    # several leaves of every query's tree
+    assert max(len(call) for call in b.calls) > len(PROBLEMS)
+
+
+def test_mcts_rollout_evaluation_finds_answers() -> None:
+    b = ScriptedBackend(p_correct=0.5)
+    mcts = MCTS(simulations=8, branching=3, parallel=4, evaluation="both", verifier=PRMVerifier(b))
+    assert accuracy(mcts, b) >= 0.7
+
+
+def test_mcts_virtual_loss_is_fully_removed() -> None:
+    b = ScriptedBackend(p_correct=0.5)
+    mcts = MCTS(simulations=12, branching=2, parallel=4, verifier=PRMVerifier(b))
+    tree, _ = asyncio.run(mcts.search(QueryContext(PROBLEMS[0], b)))
+    nodes, stack = [], [tree]
+    while stack:
+        n = stack.pop()
+        nodes.append(n)
+        stack += n.children
+    assert len(nodes) > 12
+    # only real visits remain (whole numbers) and each carries a value in [0, 1]
+    for n in nodes:
+        assert n.visits == int(n.visits) >= 0
+        if n.visits:
+            assert 0.0 <= n.value_sum / n.visits <= 1.0
+    assert tree.visits == 12
+
+
+def test_verify_revise_resamples_from_the_first_bad_step() -> None:
+    b = ScriptedBackend(p_correct=0.5)
+    vr = VerifyRevise(rounds=4, verifier=PRMVerifier(b))
+    assert accuracy(vr, b) >= accuracy(CoT(), ScriptedBackend(p_correct=0.5)) + 0.2
+
+
+def test_particle_filter_resamples_towards_good_steps() -> None:
+    b = ScriptedBackend(p_correct=0.5)
+    pf = ParticleFilter(n=8, verifier=PRMVerifier(b))
+    assert accuracy(pf, b) >= 0.8
+
+
+def test_runs_repeat_with_the_same_seed() -> None:
+    a = asyncio.run(run_queries(PROBLEMS[:6], BestOfN(n=4), ScriptedBackend(0.5), grade, seed=3, progress=False))
+    b = asyncio.run(run_queries(PROBLEMS[:6], BestOfN(n=4), ScriptedBackend(0.5), grade, seed=3, progress=False))
+    key = lambda rs: sorted((r["id"], r["completion"]) for r in rs)  # noqa: E731
+    assert key(a) == key(b)
+    c = asyncio.run(run_queries(PROBLEMS[:6], BestOfN(n=4), ScriptedBackend(0.5), grade, seed=4, progress=False))
+    assert key(a) != key(c)
