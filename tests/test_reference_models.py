@@ -1,0 +1,71 @@
+"""The shipped checkpoints: Hugging Face format, loadable as they are, small, and useful."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from ttc.reference import MODELS_DIR, POLICY_PATH, PRM_PATH
+from ttc.reference.tokenizer import BAD, GOOD
+from ttc.tasks import arith
+from ttc.types import GenRequest
+
+
+def test_checkpoints_are_small_llamas_in_hf_format() -> None:
+    total = sum(f.stat().st_size for f in MODELS_DIR.rglob("*") if f.is_file())
+    assert total <= 20 * 2**20
+    for path in (POLICY_PATH, PRM_PATH):
+        cfg = json.loads((path / "config.json").read_text())
+        assert cfg["architectures"] == ["LlamaForCausalLM"]
+        assert (path / "model.safetensors").exists() and (path / "tokenizer.json").exists()
+
+
+def test_tokenizer_is_character_level_with_declared_specials() -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(POLICY_PATH))
+    text = "Q:37+45*2-18=?\n37+45=82\n"
+    ids = tok(text).input_ids
+    assert ids[0] == tok.bos_token_id and len(ids) == len(text) + 1
+    assert tok.decode(ids, skip_special_tokens=True) == text
+    assert tok.eos_token == "</s>" and {GOOD, BAD} <= set(tok.additional_special_tokens)
+
+
+def test_transformers_loads_the_policy_and_it_solves_easy_problems() -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(POLICY_PATH))
+    model = AutoModelForCausalLM.from_pretrained(str(POLICY_PATH))
+    probs = arith.generate(10, steps=1, seed=42)
+    solved = 0
+    for p in probs:
+        ids = tok(p.prompt(), return_tensors="pt").input_ids
+        out = model.generate(ids, max_new_tokens=30, do_sample=False)
+        solved += arith.extract_answer(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)) == str(p.answer)
+    assert solved >= 8
+
+
+@pytest.mark.engine
+def test_hf_backend_matches_vllm_greedy_token_for_token(policy_engine) -> None:
+    from ttc.backends.hf import HFBackend
+
+    hf = HFBackend(str(POLICY_PATH), device="cpu", dtype="float32")
+    reqs = [GenRequest(prompt=p.prompt(), temperature=0.0, max_tokens=60) for p in arith.generate(4, 3, seed=8)]
+    ours = asyncio.run(hf.generate(reqs))
+    theirs = asyncio.run(policy_engine.generate(reqs))
+    for a, b in zip(ours, theirs, strict=True):
+        assert a.completions[0].token_ids == b.completions[0].token_ids
+        assert a.completions[0].text == b.completions[0].text
+
+
+def test_hf_backend_stop_strings_and_scores() -> None:
+    from ttc.backends.hf import HFBackend
+    from ttc.types import ScoreRequest
+
+    hf = HFBackend(str(POLICY_PATH), device="cpu", dtype="float32")
+    (res,) = asyncio.run(hf.generate([GenRequest(prompt="Q:12+7*3=?\n", n=2, stop=["\n"], seed=1, max_tokens=30)]))
+    assert all(c.text.endswith("\n") and c.text.count("\n") == 1 for c in res.completions)
+    (s,) = asyncio.run(hf.score([ScoreRequest(prompt="Q:12+7=?\n", continuation="12+7=19\n")]))
+    assert len(s.token_logprobs) == len("12+7=19\n") and all(lp <= 0 for lp in s.token_logprobs)
