@@ -1,0 +1,5 @@
+import sys
+
+from ttc.report.cli import main
+
+sys.exit(main())

@@ -1,0 +1,287 @@
+"""Find run directories, read them, and pool their queries into labelled configurations.
+
+A run directory holds ``config.yaml``; it is complete once ``summary.json`` exists
+(``ttc.run`` writes it last). Runs that differ only in what they were run on (the
+dataset's difficulty knob, the dataset sample, the seed) are one configuration: their
+queries are pooled, so ``dataset.steps=2,4,8`` sweeps feed the per-difficulty table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# Per-query ledger figures read from results.jsonl; a missing or non-numeric one reads as 0.
+FIGURES = (
+    "prompt_tokens", "generated_tokens", "cached_tokens", "ideal_cached_tokens", "kv_peak_tokens",
+    "kv_peak_bytes", "kv_peak_bytes_unshared", "gpu_seconds", "usd", "verifier_tokens",
+    "verifier_gpu_seconds", "verifier_usd", "wall_seconds",
+)
+# Strategy knobs always in a label; any other strategy key shows only where it varies.
+ALWAYS_SHOWN = ("n", "width", "simulations", "branching")
+SHORT_NAMES = {"simulations": "sims", "branching": "k"}
+# Outside the strategy, these change what is being measured: they join the label when they vary.
+EXTRA_KEYS = (("model", "name"), ("verifier", "name"), ("backend", "name"))
+
+
+class ReportError(Exception):
+    """Bad input. The CLI prints it as one line and exits 2."""
+
+
+@dataclass(frozen=True)
+class Query:
+    id: str
+    correct: bool
+    error: str | None
+    difficulty: int | float | str | None
+    figures: dict[str, float]
+
+
+@dataclass
+class Run:
+    path: Path
+    config: dict[str, Any]
+    queries: list[Query]
+    complete: bool
+    bad_lines: int = 0  # torn or garbled lines in results.jsonl, skipped
+
+    @property
+    def strategy(self) -> dict[str, Any]:
+        return self.config.get("strategy") or {}
+
+    @property
+    def dataset(self) -> str:
+        return str((self.config.get("dataset") or {}).get("name", "?"))
+
+
+@dataclass
+class Configuration:
+    label: str  # e.g. "beam_search(n=16, width=4)"
+    family: str  # the strategy it belongs to: one plot line, one row of the strategy leaderboard
+    params: str  # the label's knobs alone, for plot annotations
+    runs: list[Path] = field(default_factory=list)
+    queries: list[Query] = field(default_factory=list)
+
+
+@dataclass
+class Inputs:
+    configurations: list[Configuration]
+    incomplete: list[Run]
+    skipped: list[Path]
+    dataset: str
+    bad_lines: int
+
+
+def load(paths: Iterable[Path], dataset: str | None = None) -> Inputs:
+    """Everything the report needs from ``paths`` (sweep or run directories)."""
+    paths = list(paths)
+    complete, incomplete, skipped = [], [], []
+    for run_dir in discover(paths):
+        if (run_dir / "skipped.json").exists() and not (run_dir / "results.jsonl").exists():
+            skipped.append(run_dir)
+            continue
+        run = read_run(run_dir)
+        (complete if run.complete else incomplete).append(run)
+    datasets = sorted({r.dataset for r in complete + incomplete})
+    if dataset is not None:
+        complete = [r for r in complete if r.dataset == dataset]
+        incomplete = [r for r in incomplete if r.dataset == dataset]
+        if not complete:
+            found = ", ".join(datasets) or "none"
+            raise ReportError(f"no complete runs of dataset {dataset!r} (datasets found: {found})")
+    if not complete:
+        where = ", ".join(str(p) for p in paths)
+        if incomplete:
+            raise ReportError(f"no complete runs under {where}: {len(incomplete)} incomplete (no summary.json yet)")
+        raise ReportError(f"no runs (directories with config.yaml and results.jsonl) under {where}")
+    names = sorted({r.dataset for r in complete})
+    if len(names) > 1:
+        raise ReportError(f"runs span several datasets ({', '.join(names)}): pick one with --dataset NAME")
+    return Inputs(
+        configurations=group(complete),
+        incomplete=incomplete,
+        skipped=skipped,
+        dataset=names[0],
+        bad_lines=sum(r.bad_lines for r in complete),
+    )
+
+
+def discover(paths: Iterable[Path]) -> list[Path]:
+    """Run directories under ``paths``, each once, in a stable order."""
+    found: dict[Path, None] = {}  # insertion-ordered set
+    for path in paths:
+        if path.is_file() and path.name in ("config.yaml", "results.jsonl", "summary.json"):
+            path = path.parent
+        if not path.exists():
+            raise ReportError(f"{path}: no such directory")
+        if not path.is_dir():
+            raise ReportError(f"{path}: not a directory")
+        for root, dirs, files in os.walk(path, onerror=_walk_error):
+            # Hydra keeps its own config.yaml in .hydra/: not a run
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            if "config.yaml" in files or "skipped.json" in files:
+                found.setdefault(Path(root).resolve(), None)
+    return list(found)
+
+
+def _walk_error(exc: OSError) -> None:
+    raise ReportError(f"{exc.filename}: unreadable ({exc.strerror or exc})")
+
+
+def read_run(run_dir: Path) -> Run:
+    config = _read_yaml(run_dir / "config.yaml")
+    strategy = config.get("strategy")
+    if not isinstance(strategy, dict) or "name" not in strategy:
+        raise ReportError(f"{run_dir / 'config.yaml'}: no strategy.name")
+    summary = run_dir / "summary.json"
+    complete = summary.exists()
+    if complete:
+        _read_json(summary)  # only its presence matters, but a garbled one means a damaged run
+    records, bad = _read_jsonl(run_dir / "results.jsonl")
+    steps = (config.get("dataset") or {}).get("steps")
+    queries, seen = [], set()
+    for rec in records:
+        qid = str(rec.get("id"))
+        if qid in seen:  # a resumed run never repeats one, but a hand-merged file might
+            continue
+        seen.add(qid)
+        queries.append(_query(rec, steps))
+    return Run(path=run_dir, config=config, queries=queries, complete=complete, bad_lines=bad)
+
+
+def _query(rec: dict[str, Any], steps: Any) -> Query:
+    meta = rec.get("meta") if isinstance(rec.get("meta"), dict) else {}
+    difficulty = meta.get("difficulty", steps)
+    if not isinstance(difficulty, int | float | str):
+        difficulty = None if difficulty is None else json.dumps(difficulty)
+    error = rec.get("error")
+    return Query(
+        id=str(rec.get("id")),
+        correct=rec.get("correct") is True,
+        error=None if error is None else str(error),
+        difficulty=difficulty,
+        figures={k: _number(rec.get(k)) for k in FIGURES},
+    )
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0.0
+    return float(value)
+
+
+def _read_text(path: Path, errors: str = "strict") -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors=errors)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ReportError(f"{path}: unreadable ({getattr(exc, 'strerror', None) or exc})") from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(_read_text(path))
+    except yaml.YAMLError as exc:
+        raise ReportError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ReportError(f"{path}: not a mapping")
+    return data
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(_read_text(path))
+    except json.JSONDecodeError as exc:
+        raise ReportError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+
+
+def _read_jsonl(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """Records and the count of lines skipped: a killed run leaves a torn last line."""
+    if not path.exists():
+        return [], 0
+    records, bad = [], 0
+    # A line torn inside a multi-byte character must not sink the whole file
+    for line in _read_text(path, errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            bad += 1
+            continue
+        if isinstance(rec, dict):
+            records.append(rec)
+        else:
+            bad += 1
+    return records, bad
+
+
+def group(runs: list[Run]) -> list[Configuration]:
+    """Pool runs with the same strategy settings (and model, verifier, backend) into configurations."""
+    varying = _varying_strategy_keys(runs)
+    extras = [k for k in EXTRA_KEYS if len({_extra(r, k) for r in runs}) > 1]
+    configs: dict[str, Configuration] = {}
+    seen: dict[str, set[tuple[str, Any, str]]] = {}
+    for run in runs:
+        identity = json.dumps([run.strategy, [_extra(run, k) for k in EXTRA_KEYS]], sort_keys=True, default=str)
+        if identity not in configs:
+            configs[identity] = _configuration(run, varying, extras)
+            seen[identity] = set()
+        config = configs[identity]
+        config.runs.append(run.path)
+        # The same sweep passed twice, or a copy of a run, must not count its queries twice
+        where = json.dumps(run.config.get("dataset"), sort_keys=True, default=str)
+        for q in run.queries:
+            key = (where, run.config.get("seed"), q.id)
+            if key not in seen[identity]:
+                seen[identity].add(key)
+                config.queries.append(q)
+    return [c for c in configs.values() if c.queries]
+
+
+def _extra(run: Run, key: tuple[str, str]) -> str:
+    section = run.config.get(key[0]) or {}
+    return str(section.get(key[1], "?")) if isinstance(section, dict) else "?"
+
+
+def _varying_strategy_keys(runs: list[Run]) -> dict[str, set[str]]:
+    """Per strategy name, the keys whose value differs between its runs (a missing key counts as null)."""
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        by_name.setdefault(run.strategy["name"], []).append(run.strategy)
+    varying = {}
+    for name, strategies in by_name.items():
+        keys = set().union(*strategies) - {"name"}
+        varying[name] = {
+            k for k in keys if len({json.dumps(s.get(k), sort_keys=True, default=str) for s in strategies}) > 1
+        }
+    return varying
+
+
+def _configuration(run: Run, varying: dict[str, set[str]], extras: list[tuple[str, str]]) -> Configuration:
+    strategy = run.strategy
+    name = str(strategy["name"])
+    shown = [k for k in ALWAYS_SHOWN if k in strategy]
+    rest = varying.get(name, set()) - set(shown)
+    # select first: it changes what a knob means more than the sampling settings do
+    shown += sorted(rest, key=lambda k: (k != "select", k))
+    params = ", ".join(f"{SHORT_NAMES.get(k, k)}={_fmt(strategy.get(k))}" for k in shown)
+    suffix = ", ".join(f"{section}={_extra(run, (section, key))}" for section, key in extras)
+    family = f"{name} [{suffix}]" if suffix else name
+    label = f"{name}({params})" if params else name
+    return Configuration(label=f"{label} [{suffix}]" if suffix else label, family=family, params=params)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, int | float | str):
+        return str(value)
+    return json.dumps(value, default=str)
