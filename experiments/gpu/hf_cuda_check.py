@@ -46,7 +46,9 @@ def main() -> None:
     cpu = HFBackend(str(POLICY_PATH), device="cpu", dtype="float32")
     reqs = [GenRequest(prompt=p.prompt(), temperature=0.0, max_tokens=80) for p in arith.generate(8, 4, seed=5)]
     a, b = asyncio.run(gpu.generate(reqs)), asyncio.run(cpu.generate(reqs))
-    out["greedy_matches_cpu"] = [x.completions[0].token_ids == y.completions[0].token_ids for x, y in zip(a, b)]
+    out["greedy_matches_cpu"] = [
+        x.completions[0].token_ids == y.completions[0].token_ids for x, y in zip(a, b, strict=True)
+    ]
 
     problems = arith_problems(limit=32, steps=4, seed=77)
     for name, strat in (("cot", CoT()), ("best_of_8", BestOfN(n=8))):

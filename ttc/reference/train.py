@@ -145,11 +145,15 @@ def train_policy(path: Path, seed: int, steps: int, batch: int) -> None:
 
 def sample_policy_solutions(
     policy: Path, seed: int, n_problems: int, samples: int
-) -> list[tuple[str, list[str], list[bool]]]:
-    """Sample the policy on fresh problems and label every step by exact checking.
+) -> list[tuple[str, str, list[tuple[int, bool]]]]:
+    """Sample the policy on fresh problems and label its text by exact checking.
 
-    Returns (prompt, steps, labels), one per sampled solution. Code solutions are
-    one step, labelled by the hidden tests.
+    Returns (prompt, completion, judgements): a judgement (i, ok) says whether
+    the completion is still right after its character i. Arithmetic is judged
+    after every character (right while the text is a prefix of the reference
+    chain), so a step's label after its newline is exactly its Math-Shepherd
+    label, and the dense labels teach the PRM *where* a chain goes wrong. Code
+    is judged once, after the program line, by the hidden tests.
     """
     from vllm import SamplingParams
 
@@ -171,33 +175,29 @@ def sample_policy_solutions(
     for (prompt, prob), out in zip(items, outs, strict=True):
         for c in out.outputs:
             if isinstance(prob, arith.ArithProblem):
-                steps = arith.split_steps(c.text)
-                labels = prob.step_labels(c.text)
+                ref, text = prob.solution(), c.text
+                data.append((prompt, text, [(j, text[: j + 1] == ref[: j + 1]) for j in range(len(text))]))
             else:
                 program = synth_code.extract_program(c.text)
-                steps, labels = [program], [synth_code.passes(program, prob.hidden)]
-            if steps:
-                data.append((prompt, steps, labels))
+                text = program + arith.STEP_DELIMITER
+                data.append((prompt, text, [(len(text) - 1, synth_code.passes(program, prob.hidden))]))
     return data
 
 
 def prm_collate(
-    tok: PreTrainedTokenizerFast, rows: list[tuple[str, list[str], list[bool]]]
+    tok: PreTrainedTokenizerFast, rows: list[tuple[str, str, list[tuple[int, bool]]]]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Judgement targets after each step's closing delimiter; nothing else is scored.
+    """Judgement targets after the judged characters; nothing else is scored.
 
     ``fit`` compares the logits at position t with the label at t+1, so the
-    judgement of a step whose newline sits at t is stored at t+1."""
+    judgement after the token at t is stored at t+1."""
     good, bad = tok.convert_tokens_to_ids([GOOD, BAD])
     seqs, judged = [], []
-    for prompt, steps, labels in rows:
-        ids = tok(prompt).input_ids
-        marks = []
-        for step, ok in zip(steps, labels, strict=True):
-            ids += tok(step + arith.STEP_DELIMITER, add_special_tokens=False).input_ids
-            marks.append((len(ids) - 1, good if ok else bad))
+    for prompt, text, marks in rows:
+        head = tok(prompt).input_ids
+        ids = head + tok(text, add_special_tokens=False).input_ids  # one token per character
         seqs.append(ids)
-        judged.append(marks)
+        judged.append([(len(head) + j, good if ok else bad) for j, ok in marks])
     width = max(map(len, seqs)) + 1
     ids_t = torch.full((len(seqs), width), tok.pad_token_id)
     lab_t = torch.full((len(seqs), width), -100)
@@ -210,12 +210,12 @@ def prm_collate(
     return ids_t, mask, lab_t
 
 
-def train_prm(policy: Path, path: Path, seed: int, steps: int, batch: int, n_problems: int) -> None:
+def train_prm(policy: Path, path: Path, seed: int, steps: int, batch: int, n_problems: int, lr: float) -> None:
     """Fine-tune a copy of the policy to predict <good>/<bad> after each step."""
     data = sample_policy_solutions(policy, seed, n_problems, samples=4)
-    n_steps = sum(len(labels) for _, _, labels in data)
-    n_good = sum(sum(labels) for _, _, labels in data)
-    print(f"PRM data: {len(data)} solutions, {n_steps} steps, {n_good / n_steps:.2f} good")
+    n_marks = sum(len(marks) for _, _, marks in data)
+    n_good = sum(ok for _, _, marks in data for _, ok in marks)
+    print(f"PRM data: {len(data)} solutions, {n_marks} judgements, {n_good / n_marks:.2f} good")
     tok = PreTrainedTokenizerFast.from_pretrained(str(policy))
     model = LlamaForCausalLM.from_pretrained(str(policy))
     rng = random.Random(f"prm-batches:{seed}")
@@ -224,7 +224,7 @@ def train_prm(policy: Path, path: Path, seed: int, steps: int, batch: int, n_pro
         while True:
             yield prm_collate(tok, rng.sample(data, batch))
 
-    fit(model, batches(), steps, lr=1e-3, loss_fn=token_ce, desc="prm")
+    fit(model, batches(), steps, lr=lr, loss_fn=token_ce, desc="prm")
     save(model, tok, path)
 
 
@@ -232,8 +232,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", choices=["policy", "prm"], help="train one model (default: both)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--policy-steps", type=int, default=2400)
-    ap.add_argument("--prm-steps", type=int, default=500)
+    ap.add_argument("--policy-steps", type=int, default=2000)
+    ap.add_argument("--prm-steps", type=int, default=1500)
+    ap.add_argument("--prm-lr", type=float, default=2e-3)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--prm-problems", type=int, default=2000)
     ap.add_argument("--policy-out", type=Path, default=POLICY_PATH)
@@ -243,7 +244,9 @@ def main() -> None:
     if args.only in (None, "policy"):
         train_policy(args.policy_out, args.seed, args.policy_steps, args.batch)
     if args.only in (None, "prm"):
-        train_prm(args.policy_out, args.prm_out, args.seed, args.prm_steps, args.batch, args.prm_problems)
+        train_prm(
+            args.policy_out, args.prm_out, args.seed, args.prm_steps, args.batch, args.prm_problems, args.prm_lr
+        )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,63 @@
+"""Every strategy end to end on the real vLLM engine with the shipped policy and PRM."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from strategies.beam_search import BeamSearch
+from strategies.dvts import DVTS
+from strategies.mcts import MCTS
+from strategies.particle_filter import ParticleFilter
+from strategies.verify_revise import VerifyRevise
+from ttc.datasets import arith_problems
+from ttc.runner import run_queries, summarize
+from verifiers.math import equivalent
+from verifiers.prm import PRMVerifier
+
+pytestmark = pytest.mark.engine
+PROBLEMS = arith_problems(limit=8, steps=4, seed=31)
+
+
+async def grade(problem, answer) -> bool:
+    return equivalent(problem.answer, answer.answer)
+
+
+def run(strategy, engine) -> dict:
+    records = asyncio.run(run_queries(PROBLEMS, strategy, engine, grade, seed=1, progress=False))
+    assert all(r["error"] is None for r in records), [r["error"] for r in records]
+    assert all(r["answer"] is not None for r in records)
+    s = summarize(records)
+    assert s["verifier_tokens"] > 0 and s["verifier_gpu_seconds"] > 0  # the PRM's work, kept apart
+    assert s["kv_peak_tokens"] < s["kv_peak_tokens_unshared"]
+    return s
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda prm: BeamSearch(n=8, width=4, verifier=prm),
+        lambda prm: MCTS(simulations=12, branching=4, parallel=4, verifier=prm),
+    ],
+    ids=["beam_search", "mcts"],
+)
+def test_tree_search_hits_the_prefix_cache_as_an_ideal_cache_would(make, policy_engine, prm_engine) -> None:
+    s = run(make(PRMVerifier(prm_engine)), policy_engine)
+    assert s["ideal_cached_tokens"] > 0
+    assert s["cached_tokens"] >= 0.95 * s["ideal_cached_tokens"], s
+    assert s["ideal_cached_tokens_token"] >= s["ideal_cached_tokens"]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda prm: DVTS(n=8, width=4, verifier=prm),
+        lambda prm: ParticleFilter(n=8, verifier=prm),
+        lambda prm: VerifyRevise(rounds=2, verifier=prm),
+    ],
+    ids=["dvts", "particle_filter", "verify_revise"],
+)
+def test_strategy_runs_end_to_end(make, policy_engine, prm_engine) -> None:
+    s = run(make(PRMVerifier(prm_engine)), policy_engine)
+    assert s["accuracy"] > 0
