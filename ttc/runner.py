@@ -32,16 +32,26 @@ SUMMED = (
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
-    """Records of a (possibly killed) run; a torn last line is ignored."""
+    """Records of a (possibly killed) run, one per query; a torn last line is ignored."""
     if not path.exists():
         return []
-    records = []
+    records: dict[str, dict[str, Any]] = {}
     for line in path.read_text().splitlines():
         try:
-            records.append(json.loads(line))
+            rec = json.loads(line)
         except json.JSONDecodeError:
             continue
-    return records
+        records.setdefault(rec["id"], rec)
+    return list(records.values())
+
+
+def drop_torn_tail(path: Path) -> None:
+    """Cut a half-written last line (the run was killed mid-write) so appends start clean."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        path.write_bytes(data[: data.rfind(b"\n") + 1])
 
 
 def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -72,6 +82,8 @@ async def run_queries(
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Solve, grade and record every problem not already in ``results_path``."""
+    if results_path:
+        drop_torn_tail(results_path)
     done = {r["id"] for r in read_records(results_path)} if results_path else set()
     todo = [p for p in problems if p.id not in done]
     sem = asyncio.Semaphore(max(1, concurrency))
