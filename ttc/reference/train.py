@@ -11,6 +11,7 @@ labelled by exact checking (Math-Shepherd style judgement tokens).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import random
 from collections.abc import Callable, Iterator
@@ -210,14 +211,40 @@ def prm_collate(
     return ids_t, mask, lab_t
 
 
-def train_prm(policy: Path, path: Path, seed: int, steps: int, batch: int, n_problems: int, lr: float) -> None:
-    """Fine-tune a copy of the policy to predict <good>/<bad> after each step."""
-    data = sample_policy_solutions(policy, seed, n_problems, samples=4)
+def prm_from_policy(policy: Path) -> LlamaForCausalLM:
+    """The policy plus one fresh top layer that starts as the identity.
+
+    Judging a character means comparing it with what the policy, one position
+    earlier, expected there. The policy's prediction exists only at its last
+    layer, so a new layer above it can read it by attending one position back;
+    zero output projections make that layer a no-op until it learns to."""
+    base = LlamaForCausalLM.from_pretrained(str(policy))
+    cfg = base.config
+    cfg.num_hidden_layers += 1
+    model = LlamaForCausalLM(cfg)
+    missing = model.load_state_dict(base.state_dict(), strict=False).missing_keys
+    assert all(k.startswith(f"model.layers.{cfg.num_hidden_layers - 1}.") for k in missing), missing
+    top = model.model.layers[-1]
+    torch.nn.init.zeros_(top.self_attn.o_proj.weight)
+    torch.nn.init.zeros_(top.mlp.down_proj.weight)
+    return model
+
+
+def train_prm(
+    policy: Path, path: Path, seed: int, steps: int, batch: int, n_problems: int, lr: float, cache: Path | None = None
+) -> None:
+    """Train the PRM (policy + one layer) to predict <good>/<bad> on the policy's own samples."""
+    if cache is not None and cache.exists():
+        data = [(p, t, [tuple(m) for m in marks]) for p, t, marks in json.loads(cache.read_text())]
+    else:
+        data = sample_policy_solutions(policy, seed, n_problems, samples=4)
+        if cache is not None:
+            cache.write_text(json.dumps(data))
     n_marks = sum(len(marks) for _, _, marks in data)
     n_good = sum(ok for _, _, marks in data for _, ok in marks)
     print(f"PRM data: {len(data)} solutions, {n_marks} judgements, {n_good / n_marks:.2f} good")
     tok = PreTrainedTokenizerFast.from_pretrained(str(policy))
-    model = LlamaForCausalLM.from_pretrained(str(policy))
+    model = prm_from_policy(policy)
     rng = random.Random(f"prm-batches:{seed}")
 
     def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -234,7 +261,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--policy-steps", type=int, default=2000)
     ap.add_argument("--prm-steps", type=int, default=1500)
-    ap.add_argument("--prm-lr", type=float, default=2e-3)
+    ap.add_argument("--prm-lr", type=float, default=1e-3)
+    ap.add_argument("--prm-data-cache", type=Path, default=None, help="reuse sampled PRM data (JSON)")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--prm-problems", type=int, default=2000)
     ap.add_argument("--policy-out", type=Path, default=POLICY_PATH)
@@ -245,7 +273,8 @@ def main() -> None:
         train_policy(args.policy_out, args.seed, args.policy_steps, args.batch)
     if args.only in (None, "prm"):
         train_prm(
-            args.policy_out, args.prm_out, args.seed, args.prm_steps, args.batch, args.prm_problems, args.prm_lr
+            args.policy_out, args.prm_out, args.seed, args.prm_steps, args.batch, args.prm_problems, args.prm_lr,
+            args.prm_data_cache,
         )
 
 
