@@ -7,6 +7,7 @@ settings for all runs of a sweep in the same process.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -18,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from ttc import datasets
 from ttc.backends.base import Backend
 from ttc.reference import POLICY_PATH, PRM_PATH
-from ttc.registry import BACKENDS, STRATEGIES, VERIFIERS, ConfigError, check_args, resolve
+from ttc.registry import BACKENDS, STRATEGIES, VERIFIER_ENGINES, VERIFIERS, ConfigError, check_args, resolve
 from ttc.types import KVGeometry, Problem
 
 LOADERS: dict[str, Callable[..., list[Problem]]] = {
@@ -161,6 +162,24 @@ class Built:
         """Engines stay up for the next run of a sweep; they close at exit."""
 
 
+def build_verifier(spec: RunSpec, engine_args: dict[str, Any]) -> tuple[Any, KVGeometry | None]:
+    """The verifier, with its own engine where it runs a model (``VERIFIER_ENGINES``);
+    an engine with the same model and settings as the policy's is the policy's."""
+    assert spec.verifier_name is not None
+    cls = resolve(VERIFIERS, spec.verifier_name, "verifier")
+    args = dict(spec.verifier_args)
+    if "step_delimiter" in inspect.signature(cls).parameters:
+        # Steps are the model's: its delimiter wins over the verifier's default.
+        args["step_delimiter"] = spec.model.step_delimiter
+    default = VERIFIER_ENGINES.get(spec.verifier_name)
+    if default is None:
+        verifier = cls(**args)
+        return verifier, getattr(verifier, "kv", None)
+    path = args.get("model_path") or (spec.model.prm if default == "prm" else spec.model.policy)
+    verifier_backend = engine(spec.backend_name, path, spec.seed, **engine_args)
+    return cls(verifier_backend, **args), verifier_backend.kv
+
+
 def build(spec: RunSpec) -> Built:
     problems = LOADERS[spec.dataset_name](**spec.dataset_args)
     engine_args = {**spec.backend_args}
@@ -170,16 +189,7 @@ def build(spec: RunSpec) -> Built:
         engine_args["dtype"] = spec.model.dtype
     backend = engine(spec.backend_name, spec.model.policy, spec.seed, **engine_args)
 
-    verifier = None
-    verifier_kv = None
-    if spec.verifier_name == "prm":
-        prm_backend = engine(spec.backend_name, spec.model.prm, spec.seed, **engine_args)
-        verifier = resolve(VERIFIERS, "prm", "verifier")(
-            prm_backend, step_delimiter=spec.model.step_delimiter, **spec.verifier_args
-        )
-        verifier_kv = prm_backend.kv
-    elif spec.verifier_name is not None:
-        verifier = resolve(VERIFIERS, spec.verifier_name, "verifier")(**spec.verifier_args)
+    verifier, verifier_kv = build_verifier(spec, engine_args) if spec.verifier_name else (None, None)
 
     strategy_cls = resolve(STRATEGIES, spec.strategy_name, "strategy")
     extra = {"verifier": verifier} if "verifier" in strategy_cls.__init__.__code__.co_varnames else {}

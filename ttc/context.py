@@ -51,14 +51,18 @@ class QueryContext:
         """Prompt token ids (with the model's special prefix tokens)."""
         return self.backend.encode(text)
 
-    async def generate(self, requests: list[GenRequest], role: Role = "policy") -> list[GenResult]:
+    async def generate(
+        self, requests: list[GenRequest], role: Role = "policy", backend: Backend | None = None
+    ) -> list[GenResult]:
+        """Generate on ``backend`` (a judge's engine; default: the policy's)."""
+        engine = backend or self.backend
         call = next(self._calls)
         requests = [
             r if r.seed is not None else r.model_copy(update={"seed": self.seed_for("call", call, i)})
             for i, r in enumerate(requests)
         ]
-        results = await self.backend.generate(requests)
-        self.ledger.record(results, role, self.backend.block_size)
+        results = await engine.generate(requests)
+        self.ledger.record(results, role, engine.block_size)
         return results
 
     async def score(

@@ -24,7 +24,13 @@ VERIFIERS = {
     "math": "verifiers.math:MathVerifier",
     "code": "verifiers.code:CodeVerifier",
     "prm": "verifiers.prm:PRMVerifier",
+    "orm": "verifiers.orm:ORMVerifier",
+    "judge": "verifiers.judge:JudgeVerifier",
+    "classifier_prm": "verifiers.classifier_prm:ClassifierPRM",
 }
+# Verifiers that run on an engine of the run's backend kind, and the model it loads
+# unless the verifier's ``model_path`` option names another: the run's PRM or its policy.
+VERIFIER_ENGINES: dict[str, str] = {"prm": "prm", "orm": "prm", "judge": "policy"}
 BACKENDS = {
     "vllm": "ttc.backends.vllm:VLLMBackend",
     "hf": "ttc.backends.hf:HFBackend",
