@@ -64,15 +64,12 @@ def main() -> None:
         s["cache_ratio"] = s["cached_tokens"] / s["ideal_cached_tokens"] if s["ideal_cached_tokens"] else None
         return s
 
-    configs: dict[str, Any] = {f"majority@{n}": BestOfN(n=n) for n in (1, 4, 8, 16, 32, 64)}
+    configs: dict[str, Any] = {f"majority@{n}": BestOfN(n=n) for n in (1, 4, 16, 64)}
     configs.update({
         "beam_search(n=16,w=4)": BeamSearch(n=16, width=4, verifier=prm),
-        "beam_search(n=8,w=2)": BeamSearch(n=8, width=2, verifier=prm),
         "dvts(n=16,w=4)": DVTS(n=16, width=4, verifier=prm),
         "mcts(sims=16,k=4)": MCTS(simulations=16, branching=4, parallel=4, verifier=prm),
-        "mcts(sims=32,k=4)": MCTS(simulations=32, branching=4, parallel=4, verifier=prm),
         "particle_filter(n=16)": ParticleFilter(n=16, verifier=prm),
-        "prm_best_of_16": BestOfN(n=16, select="verifier", verifier=prm),
         "prm_weighted_16": BestOfN(n=16, select="weighted", verifier=prm),
     })
     results: dict[str, Any] = {}
