@@ -30,6 +30,10 @@ class BestOfN(Strategy):
         self.n, self.select, self.verifier = n, select, verifier
         self.temperature, self.top_p, self.max_tokens = temperature, top_p, max_tokens
 
+    @staticmethod
+    def needs_verifier(args: dict) -> bool:
+        return args.get("select", "majority") != "majority"
+
     async def solve(self, ctx: QueryContext) -> Answer:
         (res,) = await ctx.generate(
             [

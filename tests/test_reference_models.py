@@ -30,7 +30,7 @@ def test_tokenizer_is_character_level_with_declared_specials() -> None:
     ids = tok(text).input_ids
     assert ids[0] == tok.bos_token_id and len(ids) == len(text) + 1
     assert tok.decode(ids, skip_special_tokens=True) == text
-    assert tok.eos_token == "</s>" and {GOOD, BAD} <= set(tok.additional_special_tokens)
+    assert tok.eos_token == "</s>" and {GOOD, BAD} <= set(tok.all_special_tokens)
 
 
 def test_transformers_loads_the_policy_and_it_solves_easy_problems() -> None:

