@@ -33,7 +33,8 @@ def build_llm(model: str, seed: int = 0, **engine: Any) -> Any:
     """
     from vllm import LLM
 
-    kv_space = engine.pop("cpu_kv_cache_space_gib", None) or 2
+    # vLLM parses VLLM_CPU_KVCACHE_SPACE as a whole number of GiB.
+    kv_space = int(engine.pop("cpu_kv_cache_space_gib", None) or 2)
     settings: dict[str, Any] = dict(
         enable_prefix_caching=True,
         max_model_len=256,
@@ -79,7 +80,7 @@ class VLLMBackend(Backend):
         enforce_eager: bool = True,
         dtype: str | None = None,
         block_size: int | None = None,
-        cpu_kv_cache_space_gib: float | None = None,
+        cpu_kv_cache_space_gib: int | None = None,
     ) -> None:
         """Start ``vllm.LLM`` for ``model`` (or wrap an existing ``llm``)."""
         from ttc.models import kv_geometry
