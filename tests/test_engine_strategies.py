@@ -30,7 +30,7 @@ def run(strategy, engine) -> dict:
     assert all(r["answer"] is not None for r in records)
     s = summarize(records)
     assert s["verifier_tokens"] > 0 and s["verifier_gpu_seconds"] > 0  # the PRM's work, kept apart
-    assert s["kv_peak_tokens"] < s["kv_peak_tokens_unshared"]
+    assert s["kv_peak_tokens"] <= s["kv_peak_tokens_unshared"]
     return s
 
 
@@ -47,6 +47,7 @@ def test_tree_search_hits_the_prefix_cache_as_an_ideal_cache_would(make, policy_
     assert s["ideal_cached_tokens"] > 0
     assert s["cached_tokens"] >= 0.95 * s["ideal_cached_tokens"], s
     assert s["ideal_cached_tokens_token"] >= s["ideal_cached_tokens"]
+    assert s["kv_peak_tokens"] < s["kv_peak_tokens_unshared"]  # siblings share their parent's KV
 
 
 @pytest.mark.parametrize(
