@@ -66,7 +66,7 @@ def check_args(
         if n not in injected and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
     }
     name = getattr(target, "__name__", None) or getattr(getattr(target, "func", None), "__name__", "target")
-    model = create_model(f"{name}Args", __config__=ConfigDict(extra="forbid"), **fields)  # type: ignore[call-overload]
+    model = create_model(f"{name}Args", __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True), **fields)  # type: ignore[call-overload]
     try:
         return model(**params).model_dump()
     except ValidationError as exc:
