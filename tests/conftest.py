@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -11,23 +12,24 @@ os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-@pytest.fixture(scope="session")
-def policy_engine() -> Iterator[object]:
+def _engine(path: Path) -> Iterator[object]:
     pytest.importorskip("vllm")
     from ttc.backends.vllm import VLLMBackend
-    from ttc.reference import POLICY_PATH
 
-    backend = VLLMBackend(str(POLICY_PATH), seed=0, dtype="float32", max_model_len=256)
+    backend = VLLMBackend(str(path), seed=0, dtype="float32", max_model_len=256)
     yield backend
     backend.close()
+
+
+@pytest.fixture(scope="session")
+def policy_engine() -> Iterator[object]:
+    from ttc.reference import POLICY_PATH
+
+    yield from _engine(POLICY_PATH)
 
 
 @pytest.fixture(scope="session")
 def prm_engine() -> Iterator[object]:
-    pytest.importorskip("vllm")
-    from ttc.backends.vllm import VLLMBackend
     from ttc.reference import PRM_PATH
 
-    backend = VLLMBackend(str(PRM_PATH), seed=0, dtype="float32", max_model_len=256)
-    yield backend
-    backend.close()
+    yield from _engine(PRM_PATH)
