@@ -61,3 +61,24 @@ def test_default_job_runs_and_resumes(tmp_path: Path) -> None:
     again = run("dataset.limit=6", "strategy=best_of_n", "strategy.n=4", f"hydra.run.dir={tmp_path}")
     assert "complete already" in again.stdout
     assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 6
+
+
+@pytest.mark.engine
+def test_code_task_end_to_end_with_the_sandboxed_verifier(tmp_path: Path) -> None:
+    """`dataset=synth_code strategy=best_of_n verifier=code`: candidates filtered by the
+    visible examples in the sandbox, graded on the hidden ones."""
+    from hydra import compose, initialize_config_dir
+
+    from ttc.run import CONFIG_DIR, execute
+
+    overrides = ["dataset=synth_code", "dataset.limit=6", "strategy=best_of_n", "strategy.n=4",
+                 "strategy.select=verifier", "verifier=code", "progress=false"]
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    summary = execute(cfg, tmp_path)
+    assert summary["n_queries"] == 6 and summary["errors"] == 0
+    records = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
+    for r in records:
+        scores = [c["score"] for c in r["trace"]["candidates"]]
+        assert len(scores) == 4 and set(scores) <= {0.0, 1.0}  # pass / fail on the visible tests
+    assert summary["accuracy"] >= 0.5
