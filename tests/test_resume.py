@@ -25,6 +25,8 @@ def test_torn_tail_is_cut_and_ignored(tmp_path: Path) -> None:
     assert f.read_text() == '{"id": "a", "x": 1}\n{"id": "b", "x": 2}\n'
     f.write_text(f.read_text() + '{"id": "a", "x": 9}\n')
     assert [r["x"] for r in read_records(f)] == [1, 2]  # a duplicate never counts twice
+    f.write_text('{"id": "a", "error": "boom"}\n{"id": "a", "error": null, "x": 3}\n')
+    assert read_records(f) == [{"id": "a", "error": None, "x": 3}]  # a rerun's success replaces an error
 
 
 @pytest.mark.engine

@@ -32,7 +32,8 @@ SUMMED = (
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
-    """Records of a (possibly killed) run, one per query; a torn last line is ignored."""
+    """Records of a (possibly killed) run, one per query: its first success, else its
+    first error (a rerun retries errored queries); a torn last line is ignored."""
     if not path.exists():
         return []
     records: dict[str, dict[str, Any]] = {}
@@ -41,7 +42,9 @@ def read_records(path: Path) -> list[dict[str, Any]]:
             rec = json.loads(line)
         except json.JSONDecodeError:
             continue
-        records.setdefault(rec["id"], rec)
+        seen = records.get(rec["id"])
+        if seen is None or (seen.get("error") is not None and rec.get("error") is None):
+            records[rec["id"]] = rec
     return list(records.values())
 
 
@@ -84,7 +87,7 @@ async def run_queries(
     """Solve, grade and record every problem not already in ``results_path``."""
     if results_path:
         drop_torn_tail(results_path)
-    done = {r["id"] for r in read_records(results_path)} if results_path else set()
+    done = {r["id"] for r in read_records(results_path) if r.get("error") is None} if results_path else set()
     todo = [p for p in problems if p.id not in done]
     sem = asyncio.Semaphore(max(1, concurrency))
     records: list[dict[str, Any]] = []

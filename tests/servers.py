@@ -1,0 +1,125 @@
+"""Start and stop real inference servers on loopback for tests, with bounded waits.
+
+Each server runs in its own session (process group), so stopping it ends the
+engine processes it forked and nothing else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+SGLANG_PYTHON = ROOT / ".venv-sglang" / "bin" / "python"
+SGLANG_STUB = ROOT / "tests" / "sglang_stub"
+# A loaded 2-core machine can take minutes to start vLLM's API server; an idle one, ~30 s.
+START_TIMEOUT_S = float(os.environ.get("TTC_SERVER_START_TIMEOUT", "600"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """One server process: ``url`` once ``/health`` answers; ``stop`` or ``kill`` to end it."""
+
+    def __init__(self, cmd: list[str], port: int, env: dict[str, str], name: str) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.name = name
+        self.log = Path(tempfile.mkstemp(prefix=f"ttc-{name}-", suffix=".log")[1])
+        with self.log.open("w") as out:
+            self.proc = subprocess.Popen(
+                cmd, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True, cwd=ROOT,
+            )  # fmt: skip
+
+    def wait_healthy(self, timeout_s: float = START_TIMEOUT_S) -> Server:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.tail()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(self.url + "/health", timeout=5).status_code == 200:
+                    return self
+            time.sleep(1)
+        self.stop()
+        raise TimeoutError(f"{self.name} not healthy after {timeout_s:.0f} s:\n{self.tail()}")
+
+    def tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    def _signal(self, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, sig)  # its own session: the server and its engine workers only
+
+    def kill(self) -> None:
+        """Die at once, as a crashed replica would."""
+        self._signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self, grace_s: float = 20.0) -> None:
+        if self.proc.poll() is None:
+            self._signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                self._signal(signal.SIGKILL)
+                self.proc.wait(timeout=30)
+        # Engine workers may outlive the leader for a moment.
+        self._signal(signal.SIGKILL)
+
+
+def start_vllm(model: str | Path, *, max_model_len: int = 256, name: str = "vllm") -> Server:
+    """vLLM's OpenAI server with the CPU recipe; returns before it is healthy (call ``wait_healthy``)."""
+    port = free_port()
+    cmd = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+        "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
+        "--max-model-len", str(max_model_len), "--enforce-eager", "--block-size", "32",
+        "--gpu-memory-utilization", "0.3", "--enable-prefix-caching", "--enable-prompt-tokens-details",
+    ]  # fmt: skip
+    env = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING", "TOKENIZERS_PARALLELISM": "false"}
+    return Server(cmd, port, env, name)
+
+
+def sglang_env() -> dict[str, str]:
+    """SGLang's CPU engine with the no-op ``sgl_kernel`` ahead on the path (tests and CI only)."""
+    path = os.pathsep.join(p for p in (str(SGLANG_STUB), os.environ.get("PYTHONPATH", "")) if p)
+    return {"SGLANG_USE_CPU_ENGINE": "1", "PYTHONPATH": path, "TOKENIZERS_PARALLELISM": "false"}
+
+
+def start_sglang(model: str | Path, *, context_length: int = 256, name: str = "sglang") -> Server:
+    """SGLang's HTTP server from ``.venv-sglang`` on the CPU with SGLang's own PyTorch layers."""
+    port = free_port()
+    python = str(SGLANG_PYTHON) if SGLANG_PYTHON.exists() else sys.executable
+    cmd = [
+        python, "-m", "sglang.launch_server", "--model-path", str(model),
+        "--host", "127.0.0.1", "--port", str(port), "--device", "cpu",
+        "--attention-backend", "torch_native", "--dtype", "float32",
+        "--context-length", str(context_length), "--max-total-tokens", "16384",
+        "--disable-cuda-graph", "--random-seed", "0", "--log-level", "warning", "--enable-cache-report",
+    ]  # fmt: skip
+    return Server(cmd, port, sglang_env(), name)
+
+
+@contextlib.contextmanager
+def running(*servers: Server) -> Iterator[list[Server]]:
+    """Wait for all (they start in parallel), stop all on the way out."""
+    try:
+        yield [s.wait_healthy() for s in servers]
+    finally:
+        for s in servers:
+            s.stop()

