@@ -131,7 +131,7 @@ def test_a_killed_replica_loses_nothing_and_a_rerun_completes(replicas: Any, tmp
     from ttc.backends.http import HTTPBackend
 
     a, b = replicas
-    backend = HTTPBackend(str(POLICY_PATH), endpoints=[a.url, b.url], backoff_s=0.1)
+    backend = HTTPBackend(str(POLICY_PATH), endpoints=[a.url, b.url], backoff_s=0.1, timeout_s=60)
     problems = arith_problems(limit=24, steps=3, seed=8)
     results = tmp_path / "results.jsonl"
 
@@ -145,7 +145,9 @@ def test_a_killed_replica_loses_nothing_and_a_rerun_completes(replicas: Any, tmp
         dying = backend.endpoints[1]
         assert dying.sent > 0, "the second replica took no requests before it died"
         await asyncio.to_thread(b.kill)
-        while len(read_records(results)) < 12 and not run.done():
+        # Let the requests that were in flight on the dead replica fail over first
+        # (a reset connection, or at worst the timeout), so the test does not race them.
+        while (len(read_records(results)) < 12 or dying.outstanding > 0) and not run.done():
             await asyncio.sleep(0.05)
         run.cancel()  # the run process dies too
         with contextlib.suppress(asyncio.CancelledError):
