@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal
 
@@ -156,7 +156,6 @@ class Built:
     grade: Callable[[Problem, Any], Awaitable[bool]]
     format_prompt: Callable[[Problem], str]
     verifier_kv: KVGeometry | None = None
-    extra: list[Any] = field(default_factory=list)
 
     def close(self) -> None:
         """Engines stay up for the next run of a sweep; they close at exit."""
