@@ -2,7 +2,7 @@
 
     python -m ttc.run                                   # CoT on 4-step arithmetic, shipped model, vLLM on CPU
     python -m ttc.run strategy=best_of_n strategy.n=16
-    python -m ttc.run -m strategy=cot,best_of_n strategy.n=1,4,16   # a sweep
+    python -m ttc.run -m strategy=cot,best_of_n ++strategy.n=1,4,16   # a sweep
 
 Each run directory holds ``config.yaml`` (resolved), ``results.jsonl`` (one
 record per query, appended as they finish) and ``summary.json`` (written last:
@@ -76,7 +76,7 @@ def main(cfg: DictConfig) -> None:
         summary = execute(cfg, out_dir)
     except ConfigError as exc:
         # In a sweep, a grid axis that one strategy does not take (strategy.n for
-        # cot in `strategy=cot,best_of_n strategy.n=1,4,16`) skips that cell.
+        # cot in `strategy=cot,best_of_n ++strategy.n=1,4,16`) skips that cell.
         if str(hc.mode) == "RunMode.MULTIRUN" and "not a known option" in str(exc):
             print(f"skipped: {exc}")
             return
@@ -86,5 +86,21 @@ def main(cfg: DictConfig) -> None:
     print(f"run directory: {out_dir}")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """``main`` behind a check of every sweep cell, so a bad grid fails before its first run."""
+    args = sys.argv[1:]
+    if "-m" in args or "--multirun" in args:
+        overrides = [a for a in args if not a.startswith("-")]
+        # Other flags (--config-dir, --cfg, ...) change what Hydra composes: leave those sweeps to Hydra.
+        if all(a in ("-m", "--multirun") for a in args if a.startswith("-")):
+            from ttc.sweep import check_sweep
+
+            error = check_sweep(overrides, CONFIG_DIR)
+            if error:
+                print(f"config error: {error}", file=sys.stderr)
+                sys.exit(2)
     main()
+
+
+if __name__ == "__main__":
+    cli()
