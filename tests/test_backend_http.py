@@ -14,13 +14,16 @@ import pytest
 from omegaconf import OmegaConf
 
 from strategies import BestOfN, CoT
+from strategies.beam_search import BeamSearch
+from strategies.mcts import MCTS
 from ttc.backends.base import BackendError
 from ttc.datasets import arith_problems
-from ttc.reference import POLICY_PATH
+from ttc.reference import POLICY_PATH, PRM_PATH
 from ttc.registry import BACKENDS, check_args, resolve
 from ttc.runner import read_records, run_queries, summarize
 from ttc.types import GenRequest, ScoreRequest
 from verifiers.math import equivalent
+from verifiers.prm import PRMVerifier
 
 httpx = pytest.importorskip("httpx")
 
@@ -122,6 +125,48 @@ def test_cot_and_best_of_n_end_to_end(backend: Any) -> None:
     bon = summarize(asyncio.run(run_queries(problems, BestOfN(n=4), backend, grade, progress=False)))
     assert bon["errors"] == 0 and bon["gpu_seconds"] > 0
     assert bon["kv_peak_tokens"] < bon["kv_peak_tokens_unshared"]
+
+
+@pytest.fixture(scope="module")
+def prm_server() -> Any:
+    """The reference PRM on a server of its own, as a PRM runs beside a remote policy."""
+    pytest.importorskip("vllm")
+    from tests.servers import running, start_vllm
+
+    with running(start_vllm(PRM_PATH, name="vllm-prm")) as (server,):
+        yield server
+
+
+@pytest.mark.engine
+def test_tree_search_through_servers_with_the_prm_on_its_own(backend: Any, prm_server: Any) -> None:
+    from ttc.backends.http import HTTPBackend
+
+    prm = HTTPBackend(str(PRM_PATH), endpoints=[prm_server.url])
+    verifier = PRMVerifier(prm, step_delimiter="\n")
+    problems = arith_problems(limit=6, steps=3, seed=13)
+    for strategy in (BeamSearch(n=4, width=2, verifier=verifier), MCTS(simulations=6, branching=2, verifier=verifier)):
+        s = summarize(asyncio.run(run_queries(problems, strategy, backend, grade, progress=False)))
+        assert s["errors"] == 0, strategy.name
+        assert s["verifier_tokens"] > 0 and s["verifier_gpu_seconds"] > 0
+        # vLLM's server caches whole 32-token blocks: compare at that granularity.
+        assert s["cached_tokens"] >= 0.95 * s["ideal_cached_tokens"], (strategy.name, s)
+    assert prm.endpoints[0].sent > 0
+    prm.close()
+
+
+@pytest.mark.engine
+def test_cli_sends_the_prm_to_its_own_server(backend: Any, prm_server: Any, tmp_path: Path) -> None:
+    from tests.test_run_cli import run
+
+    p = run(
+        "backend=http", f"backend.endpoints=[{backend.endpoints[0].url}]",
+        f"verifier.engine.endpoints=[{prm_server.url}]", "strategy=beam_search", "strategy.n=4",
+        "strategy.width=2", "verifier=prm", "dataset.limit=4",
+        "dataset.steps=2", "progress=false", f"hydra.run.dir={tmp_path}",
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["errors"] == 0 and summary["verifier_tokens"] > 0
 
 
 @pytest.mark.engine
@@ -283,3 +328,52 @@ def visible_gpus() -> int:
 
         return int(torch.cuda.device_count())
     return 0
+
+
+def test_judgements_of_concurrent_queries_share_one_request_per_replica() -> None:
+    """One-token scores (a PRM's <good>) from many coroutines go out as multi-prompt
+    ``logprob_token_ids`` requests, one per live replica; usage is split by prompt length."""
+    posts: list[dict[str, Any]] = []
+
+    def handler(request: Any) -> Any:
+        body = json.loads(request.content)
+        posts.append(body)
+        label = body["logprob_token_ids"][0]
+        choices = [
+            {"index": i, "logprobs": {"top_logprobs": [{f"token_id:{label}": -0.1 * len(p)}]}}
+            for i, p in enumerate(body["prompt"])
+        ]
+        usage = {"prompt_tokens_details": {"cached_tokens": 10 * len(body["prompt"])}}
+        return httpx.Response(200, json={"choices": choices, "usage": usage})
+
+    b = _mock_backend(handler)
+
+    async def many() -> list[Any]:
+        calls = [b.score([ScoreRequest(prompt="Q:1+2=?\n" + "3\n" * k, continuation=[4])]) for k in range(8)]
+        return [r for rs in await asyncio.gather(*calls) for r in rs]
+
+    results = asyncio.run(many())
+    assert len(posts) == 2 and sum(len(p["prompt"]) for p in posts) == 8  # two replicas, one request each
+    assert all(p["max_tokens"] == 1 and p["logprob_token_ids"] == [4] for p in posts)
+    for r in results:
+        assert r.token_logprobs == pytest.approx([-0.1 * (len(r.prompt_token_ids) - 1)])
+    assert sum(r.cached_tokens for r in results) == pytest.approx(80, abs=8)  # split by length, rounded
+
+
+def test_a_server_without_label_reads_falls_back_to_prompt_logprobs() -> None:
+    posts: list[dict[str, Any]] = []
+
+    def handler(request: Any) -> Any:
+        body = json.loads(request.content)
+        posts.append(body)
+        if "logprob_token_ids" in body:  # ignored, as servers without the feature do
+            return httpx.Response(200, json={"choices": [{"index": i} for i in range(len(body["prompt"]))]})
+        ids = body["prompt"]
+        plp = [None] + [{str(t): {"logprob": -0.5}} for t in ids[1:]]
+        return httpx.Response(200, json={"choices": [{"index": 0, "prompt_logprobs": plp}], "usage": {}})
+
+    b = _mock_backend(handler)
+    (r,) = asyncio.run(b.score([ScoreRequest(prompt="Q:1=?\n", continuation=[4])]))
+    assert r.token_logprobs == [-0.5] and "prompt_logprobs" in posts[-1]
+    asyncio.run(b.score([ScoreRequest(prompt="Q:2=?\n", continuation=[4])]))
+    assert "logprob_token_ids" not in posts[-1]  # not asked again

@@ -28,6 +28,10 @@ def run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
         (["dataset.steps=four"], "dataset.steps"),
         (["backend.gpu_memory_utilization=lots"], "backend.gpu_memory_utilization"),
         (["strategy=best_of_n", "strategy.select=verifier", "verifier=none"], "verifier"),
+        # a remote policy's servers do not serve the PRM
+        (["backend=http", "strategy=beam_search", "verifier=prm"], "verifier.engine.endpoints"),
+        (["verifier=math", "+verifier.engine.endpoints=[http://127.0.0.1:9]"], "verifier.engine"),
+        (["verifier=prm", "+verifier.engine.gpu_memory_utilization=lots"], "verifier.engine.gpu_memory_utilization"),
     ],
 )
 def test_bad_config_fails_fast_with_one_line(tmp_path: Path, args: list[str], key: str) -> None:

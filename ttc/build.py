@@ -59,6 +59,7 @@ class RunSpec:
     verifier_args: dict[str, Any]
     dataset_name: str
     dataset_args: dict[str, Any]
+    verifier_engine: dict[str, Any] | None = None  # backend settings of the verifier's own engine
     seed: int = 0
     concurrency: int = 64
     usd_per_gpu_hour: float = 0.0
@@ -90,6 +91,7 @@ def check_config(cfg: DictConfig) -> RunSpec:
     if v_name == "auto":
         v_name = getattr(strategy_cls, "default_verifier", None) or "none"
         v_args = {}
+    v_engine = {k: v for k, v in (v_args.pop("engine", None) or {}).items() if v is not None}
     if v_name != "none":
         v_args = check_args(resolve(VERIFIERS, v_name, "verifier"), v_args, "verifier")
     if d_name not in LOADERS:
@@ -98,6 +100,17 @@ def check_config(cfg: DictConfig) -> RunSpec:
     s_args = check_args(strategy_cls, s_args, "strategy")
     if getattr(strategy_cls, "needs_verifier", lambda a: False)(s_args) and v_name == "none":
         raise ConfigError(f"verifier: strategy {s_name} with these options needs one (e.g. verifier=prm)")
+    if v_name in VERIFIER_ENGINES:
+        # A verifier model of its own (the PRM) on a remote backend lives on its own servers.
+        own_model = VERIFIER_ENGINES[v_name] == "prm" or v_args.get("model_path")
+        if b_name == "http" and own_model and "endpoints" not in v_engine:
+            raise ConfigError(
+                f"verifier.engine.endpoints: backend=http needs the {v_name} model's own server(s), "
+                "e.g. verifier.engine.endpoints=[http://127.0.0.1:8001]"
+            )
+        check_args(backend_cls, {**b_args, **v_engine}, "verifier.engine")
+    elif v_engine:
+        raise ConfigError(f"verifier.engine: verifier {v_name} runs no model of its own")
     b_args = check_args(backend_cls, b_args, "backend")
     for key in ("concurrency", "seed"):
         if not isinstance(cfg.get(key), int) or cfg.get(key) < 0:
@@ -110,6 +123,7 @@ def check_config(cfg: DictConfig) -> RunSpec:
         strategy_args=s_args,
         verifier_name=None if v_name == "none" else v_name,
         verifier_args=v_args,
+        verifier_engine=v_engine,
         dataset_name=d_name,
         dataset_args=d_args,
         seed=cfg.seed,
@@ -175,7 +189,7 @@ def build_verifier(spec: RunSpec, engine_args: dict[str, Any]) -> tuple[Any, KVG
         verifier = cls(**args)
         return verifier, getattr(verifier, "kv", None)
     path = args.get("model_path") or (spec.model.prm if default == "prm" else spec.model.policy)
-    verifier_backend = engine(spec.backend_name, path, spec.seed, **engine_args)
+    verifier_backend = engine(spec.backend_name, path, spec.seed, **{**engine_args, **(spec.verifier_engine or {})})
     return cls(verifier_backend, **args), verifier_backend.kv
 
 

@@ -4,14 +4,16 @@ Strategies await their requests one call at a time; a runner keeps many queries
 (and each query many branches) in flight. The batcher holds back the engine
 until every coroutine that is ready has added its requests, then sends them as
 one batch from a worker thread, so the event loop keeps filling the next batch
-while the engine runs this one.
+while the engine runs this one. A coroutine ``run_batch`` (a remote engine) is
+awaited on the loop instead.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 J = TypeVar("J")
@@ -19,7 +21,9 @@ R = TypeVar("R")
 
 
 class MicroBatcher(Generic[J, R]):
-    def __init__(self, run_batch: Callable[[Sequence[J], int], list[R]]) -> None:
+    def __init__(
+        self, run_batch: Callable[[Sequence[J], int], list[R]] | Callable[[Sequence[J], int], Awaitable[list[R]]]
+    ) -> None:
         """``run_batch(jobs, batch_id)`` runs jobs on the engine, one result each."""
         self._run_batch = run_batch
         self._pending: list[tuple[J, asyncio.Future[R]]] = []
@@ -42,13 +46,18 @@ class MicroBatcher(Generic[J, R]):
             await asyncio.sleep(0)
             quiet = quiet + 1 if len(self._pending) == n else 0
 
+    async def _run(self, jobs: Sequence[J]) -> list[R]:
+        if inspect.iscoroutinefunction(self._run_batch):
+            return await self._run_batch(jobs, next(self._ids))
+        return await asyncio.to_thread(self._run_batch, jobs, next(self._ids))  # type: ignore[arg-type]
+
     async def _drain(self) -> None:
         while self._pending:
             await self._settle()
             batch, self._pending = self._pending, []
             jobs = [j for j, _ in batch]
             try:
-                results = await asyncio.to_thread(self._run_batch, jobs, next(self._ids))
+                results = await self._run(jobs)
             except Exception:
                 results = None
             if results is not None:
@@ -59,7 +68,7 @@ class MicroBatcher(Generic[J, R]):
             # One bad request must not fail its batch-mates: rerun them one by one.
             for job, fut in batch:
                 try:
-                    (res,) = await asyncio.to_thread(self._run_batch, [job], next(self._ids))
+                    (res,) = await self._run([job])
                 except Exception as exc:
                     if not fut.done():
                         fut.set_exception(exc)

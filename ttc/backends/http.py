@@ -23,10 +23,12 @@ import math
 import random
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ttc.backends.base import Backend, BackendError
+from ttc.backends.base import Backend, BackendError, apportion
+from ttc.backends.batching import MicroBatcher
 from ttc.types import Completion, GenRequest, GenResult, ScoreRequest, ScoreResult
 
 Api = Literal["openai", "sglang"]
@@ -126,6 +128,8 @@ class HTTPBackend(Backend):
         self._batch_ids = itertools.count(1)
         self._loop_state: tuple[asyncio.AbstractEventLoop, Any, asyncio.Semaphore] | None = None
         self._transport: Any = None  # tests put an httpx.MockTransport here
+        self._label_reads = True  # vLLM's logprob_token_ids; off once a server ignores or refuses it
+        self._labels: MicroBatcher[tuple[list[int], int], ScoreResult] = MicroBatcher(self._label_batch)
         info = self._probe(served_model_name)
         self.served_model_name = served_model_name or info.get("model")
         server_len = info.get("max_model_len")
@@ -238,14 +242,69 @@ class HTTPBackend(Backend):
 
     async def score(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
         batch_id = next(self._batch_ids)
-        jobs = []
+        seqs = []
         for r in requests:
             prompt, cont = self.encode(r.prompt), self.encode_continuation(r.continuation)
             if not cont or not prompt:
                 raise BackendError("score needs a non-empty prompt and continuation")
             self.check_length(prompt + cont)
-            jobs.append(self._score_one(prompt + cont, len(prompt), batch_id))
-        return list(await asyncio.gather(*jobs))
+            seqs.append((prompt + cont, len(prompt)))
+        if self.api == "openai" and self._label_reads and all(len(ids) - start == 1 for ids, start in seqs):
+            # A server answers many small requests far slower than one large one (each
+            # costs it milliseconds of CPU): judgements of all queries in flight go together.
+            return await self._labels.submit(seqs)
+        return list(await asyncio.gather(*(self._score_one(ids, start, batch_id) for ids, start in seqs)))
+
+    async def _label_batch(self, seqs: Sequence[tuple[list[int], int]], batch_id: int) -> list[ScoreResult]:
+        """One merged batch of judgements, split over the live endpoints."""
+        live = [e for e in self.endpoints if e.down_until <= time.monotonic()] or self.endpoints
+        size = max(1, -(-len(seqs) // len(live)))
+        chunks = [list(seqs[i : i + size]) for i in range(0, len(seqs), size)]
+        done = await asyncio.gather(*(self._score_labels(c, batch_id) for c in chunks))
+        out: list[ScoreResult] = []
+        for chunk, read in zip(chunks, done, strict=True):
+            if read is None:  # the server lacks logprob_token_ids
+                read = list(await asyncio.gather(*(self._score_one(ids, start, batch_id) for ids, start in chunk)))
+            out += read
+        return out
+
+    async def _score_labels(self, seqs: list[tuple[list[int], int]], batch_id: int) -> list[ScoreResult] | None:
+        """One-token continuations (a PRM's judgement) in one request: vLLM's ``logprob_token_ids``.
+
+        The label's log-probability is read at the next position, as the in-process
+        engine does: a prefill the prefix cache serves, plus one step. prompt_logprobs
+        (the fallback) computes every position over the full vocabulary and is not
+        served from the cache. All prompts of the call go in one completions request;
+        its usage is per request, so cached tokens and busy time are split by prompt
+        length (each query's total stays exact). None: the server lacks the feature.
+        """
+        labels = sorted({ids[-1] for ids, _ in seqs})
+        payload = self._with_model(
+            {"prompt": [ids[:-1] for ids, _ in seqs], "max_tokens": 1, "temperature": 0.0, "logprobs": 1,
+             "logprob_token_ids": labels, "return_tokens_as_token_ids": True}
+        )  # fmt: skip
+        try:
+            body, seconds = await self._post("/v1/completions", payload, sum(len(ids) for ids, _ in seqs))
+        except BackendError as exc:
+            if "logprob_token_ids" not in str(exc):
+                raise
+            self._label_reads = False
+            return None
+        choices = sorted(body.get("choices") or [], key=lambda c: c.get("index", 0))
+        reads = [((c.get("logprobs") or {}).get("top_logprobs") or [{}])[0] for c in choices]
+        keys = [f"token_id:{ids[-1]}" for ids, _ in seqs]
+        if len(reads) != len(seqs) or any(k not in r for k, r in zip(keys, reads, strict=True)):
+            self._label_reads = False  # the server ignored logprob_token_ids
+            return None
+        weights = [len(ids) for ids, _ in seqs]
+        cached = apportion(cached_of(body.get("usage")), weights)
+        return [
+            ScoreResult(
+                token_logprobs=[float(r[k])], prompt_token_ids=ids, cached_tokens=round(c),
+                batch_id=batch_id, engine_seconds=sec,
+            )
+            for (ids, _), k, r, c, sec in zip(seqs, keys, reads, cached, apportion(seconds, weights), strict=True)
+        ]
 
     async def _score_one(self, ids: list[int], start: int, batch_id: int) -> ScoreResult:
         if self.api == "openai":
