@@ -88,10 +88,12 @@ def check_config(cfg: DictConfig) -> RunSpec:
     d_name, d_args = _group(cfg, "dataset")
     backend_cls = resolve(BACKENDS, b_name, "backend")
     strategy_cls = resolve(STRATEGIES, s_name, "strategy")
+    v_engine = {k: v for k, v in (v_args.pop("engine", None) or {}).items() if v is not None}
     if v_name == "auto":
         v_name = getattr(strategy_cls, "default_verifier", None) or "none"
         v_args = {}
-    v_engine = {k: v for k, v in (v_args.pop("engine", None) or {}).items() if v is not None}
+        if v_name == "none":  # the same command line serves strategies with and without a PRM
+            v_engine = {}
     if v_name != "none":
         v_args = check_args(resolve(VERIFIERS, v_name, "verifier"), v_args, "verifier")
     if d_name not in LOADERS:
