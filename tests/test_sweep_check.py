@@ -53,3 +53,16 @@ def test_cli_refuses_the_whole_sweep_before_the_first_run(tmp_path: Path) -> Non
     err = [line for line in p.stderr.strip().splitlines() if line.strip()]
     assert len(err) == 1 and "strategy.n" in err[0] and "Traceback" not in p.stderr, p.stderr
     assert list(tmp_path.iterdir()) == []  # no cell ran, not even the good ones
+
+
+def test_the_prm_of_a_remote_run_gets_its_own_endpoints_also_under_verifier_auto() -> None:
+    from hydra import compose, initialize_config_dir
+
+    from ttc.build import check_config
+
+    remote = ["backend=http", "backend.endpoints=[http://gpu-a:8000]", "verifier.engine.endpoints=[http://gpu-b:8001]"]
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        spec = check_config(compose("config", [*remote, "strategy=beam_search"]))
+        assert (spec.verifier_name, spec.verifier_engine) == ("prm", {"endpoints": ["http://gpu-b:8001"]})
+        assert spec.backend_args["endpoints"] == ["http://gpu-a:8000"]
+        assert check_config(compose("config", [*remote, "strategy=cot"])).verifier_name is None
