@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Literal
 
@@ -59,7 +59,7 @@ class RunSpec:
     verifier_args: dict[str, Any]
     dataset_name: str
     dataset_args: dict[str, Any]
-    verifier_engine: dict[str, Any] | None = None  # backend settings of the verifier's own engine
+    verifier_engine: dict[str, Any] = field(default_factory=dict)  # backend settings of the verifier's own engine
     seed: int = 0
     concurrency: int = 64
     usd_per_gpu_hour: float = 0.0
@@ -191,7 +191,7 @@ def build_verifier(spec: RunSpec, engine_args: dict[str, Any]) -> tuple[Any, KVG
         verifier = cls(**args)
         return verifier, getattr(verifier, "kv", None)
     path = args.get("model_path") or (spec.model.prm if default == "prm" else spec.model.policy)
-    verifier_backend = engine(spec.backend_name, path, spec.seed, **{**engine_args, **(spec.verifier_engine or {})})
+    verifier_backend = engine(spec.backend_name, path, spec.seed, **{**engine_args, **spec.verifier_engine})
     return cls(verifier_backend, **args), verifier_backend.kv
 
 

@@ -37,6 +37,9 @@ BACKENDS = {
     "sglang": "ttc.backends.sglang:SGLangBackend",
     "http": "ttc.backends.http:HTTPBackend",
 }
+# The ConfigError text for an option a strategy (or verifier, ...) does not take; a sweep
+# skips the cells whose only problem this is.
+UNKNOWN_OPTION = "not a known option"
 # Arguments the runner supplies itself (engines, verifiers), never from config.
 INJECTED = frozenset({"self", "verifier", "backend", "llm", "prm", "model", "seed"})
 
@@ -73,6 +76,6 @@ def check_args(
         err = exc.errors()[0]
         loc = ".".join(str(x) for x in err["loc"])
         got = f" (got {err['input']!r})" if err["type"] != "extra_forbidden" else ""
-        msg = "not a known option" if err["type"] == "extra_forbidden" else err["msg"]
+        msg = UNKNOWN_OPTION if err["type"] == "extra_forbidden" else err["msg"]
         allowed = f"; allowed: {', '.join(fields)}" if err["type"] == "extra_forbidden" else ""
         raise ConfigError(f"{key}.{loc}: {msg}{got}{allowed}") from None

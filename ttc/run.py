@@ -22,7 +22,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from ttc.build import Built, build, check_config
-from ttc.registry import ConfigError
+from ttc.registry import UNKNOWN_OPTION, ConfigError
 from ttc.runner import read_records, run_queries, summarize
 
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # the engine's INFO lines drown the progress bar
@@ -77,7 +77,7 @@ def main(cfg: DictConfig) -> None:
     except ConfigError as exc:
         # In a sweep, a grid axis that one strategy does not take (strategy.n for
         # cot in `strategy=cot,best_of_n ++strategy.n=1,4,16`) skips that cell.
-        if str(hc.mode) == "RunMode.MULTIRUN" and "not a known option" in str(exc):
+        if str(hc.mode) == "RunMode.MULTIRUN" and UNKNOWN_OPTION in str(exc):
             print(f"skipped: {exc}")
             return
         print(f"config error: {exc}", file=sys.stderr)

@@ -21,9 +21,7 @@ from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
 from ttc.build import check_config
-from ttc.registry import ConfigError
-
-SKIPPABLE = "not a known option"  # a grid axis that some strategies do not take: those cells are skipped
+from ttc.registry import UNKNOWN_OPTION, ConfigError
 
 
 def sweep_cells(overrides: list[str]) -> list[list[str]]:
@@ -55,7 +53,7 @@ def check_sweep(overrides: list[str], config_dir: str, config_name: str = "confi
                 try:
                     check_config(compose(config_name=config_name, overrides=cell))
                 except ConfigError as exc:
-                    if SKIPPABLE not in str(exc):
+                    if UNKNOWN_OPTION not in str(exc):
                         return f"{exc} [cell: {where}]"
                     key = str(exc).split(":")[0]
                     skipped[key] += 1
