@@ -189,3 +189,21 @@ def test_http_backend_on_the_sglang_server(server: Any, api: str) -> None:
         assert sc.token_logprobs == pytest.approx(want, abs=2e-3)
     records = asyncio.run(run_queries(arith_problems(limit=6, steps=2), BestOfN(n=3), backend, grade, progress=False))
     assert all(r["error"] is None for r in records)
+
+
+def test_tree_search_through_the_sglang_server(server: Any) -> None:
+    """Beam search and MCTS with the policy behind SGLang's server (native API) and the PRM
+    in process on the transformers backend: a second SGLang scheduler would busy-poll the
+    second core, starving the server on a 2-core machine."""
+    from ttc.backends.hf import HFBackend
+    from ttc.backends.http import HTTPBackend
+
+    backend = HTTPBackend(str(POLICY_PATH), endpoints=[server.url], api="sglang")
+    verifier = PRMVerifier(HFBackend(str(PRM_PATH), device="cpu", dtype="float32"))
+    problems = arith_problems(limit=4, steps=3, seed=13)
+    for strategy in (BeamSearch(n=4, width=2, verifier=verifier), MCTS(simulations=6, branching=2, verifier=verifier)):
+        s = summarize(asyncio.run(run_queries(problems, strategy, backend, grade, progress=False)))
+        assert s["errors"] == 0 and s["verifier_tokens"] > 0, strategy.name
+        # Token-granular radix cache: each branch's parent prefix is served from it.
+        assert s["cached_tokens"] >= 0.8 * s["ideal_cached_tokens_token"], (strategy.name, s)
+    backend.close()

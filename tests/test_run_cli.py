@@ -75,7 +75,7 @@ def test_code_task_end_to_end_with_the_sandboxed_verifier(tmp_path: Path) -> Non
 
     from ttc.run import CONFIG_DIR, execute
 
-    overrides = ["dataset=synth_code", "dataset.limit=6", "strategy=best_of_n", "strategy.n=4",
+    overrides = ["dataset=synth_code", "dataset.max_const=9", "dataset.limit=6", "strategy=best_of_n", "strategy.n=4",
                  "strategy.select=verifier", "verifier=code", "progress=false"]
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)

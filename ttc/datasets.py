@@ -44,7 +44,7 @@ def arith_problems(
     ]
 
 
-def synth_code_problems(limit: int = 100, seed: int = 0, max_const: int = 9) -> list[Problem]:
+def synth_code_problems(limit: int = 100, seed: int = 0, max_const: int = 19) -> list[Problem]:
     return [
         Problem(
             id=f"code-{seed}-{i}",

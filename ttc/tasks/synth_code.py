@@ -110,7 +110,7 @@ def extract_program(completion: str) -> str:
     return completion.strip()
 
 
-def generate(n: int, seed: int, max_const: int = 9) -> list[CodeProblem]:
+def generate(n: int, seed: int, max_const: int = 19) -> list[CodeProblem]:
     rng = random.Random(f"synth_code:{max_const}:{seed}")
     names = sorted(_FAMILIES)
     return [CodeProblem(_FAMILIES[rng.choice(names)](rng, max_const)) for _ in range(n)]
