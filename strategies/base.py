@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
-from ttc.answers import extract_answer
+from ttc.answers import extract_answer, guess_answer_format
 from ttc.types import Problem, Verdict
 
 if TYPE_CHECKING:
@@ -45,11 +45,15 @@ class Strategy(ABC):
     def solve_sync(
         self, problem: Problem | str, backend: Backend, seed: int = 0, **context: Any
     ) -> Answer:
-        """Blocking convenience for scripts and agent code (not from inside an event loop)."""
+        """Blocking convenience for scripts and agent code (not from inside an event loop).
+
+        A plain string prompt is read in the reference tasks' format when it is one
+        of theirs (``Q:``/``D:`` arithmetic answers on an ``A:`` line, ``C:`` code
+        tasks answer with a program), else answers are taken from ``\\boxed{}``."""
         from ttc.context import QueryContext
 
         if isinstance(problem, str):
-            problem = Problem(id="adhoc", prompt=problem, answer_format="boxed")
+            problem = Problem(id="adhoc", prompt=problem, answer_format=guess_answer_format(problem))
         return asyncio.run(self.solve(QueryContext(problem, backend, seed=seed, **context)))
 
 

@@ -142,3 +142,9 @@ def test_runs_repeat_with_the_same_seed() -> None:
     assert key(a) == key(b)
     c = asyncio.run(run_queries(PROBLEMS[:6], BestOfN(n=4), ScriptedBackend(0.5), grade, seed=4, progress=False))
     assert key(a) != key(c)
+
+
+def test_solve_sync_reads_a_bare_reference_prompt_in_its_own_format() -> None:
+    """The README's agent-code example: a plain string prompt, answered on its `A:` line."""
+    answer = BestOfN(n=4).solve_sync("Q:37+45*2-18=?\n", ScriptedBackend(p_correct=1.0))
+    assert answer.answer == "146" and all(c.answer == "146" for c in answer.candidates)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from ttc.tasks import arith, synth_code
-from ttc.types import Problem
+from ttc.types import AnswerFormat, Problem
 
 
 def last_boxed(text: str) -> str | None:
@@ -38,6 +38,15 @@ def last_number(text: str) -> str | None:
 def gsm8k_gold(solution: str) -> str:
     """The number after ``####`` in a GSM8K worked solution."""
     return solution.split("####")[-1].strip().replace(",", "")
+
+
+def guess_answer_format(prompt: str) -> AnswerFormat:
+    """The answer format of a bare prompt: the reference tasks' own, else ``boxed``."""
+    if prompt.startswith(("Q:", "D:")):
+        return "reference"
+    if prompt.startswith("C:"):
+        return "program"
+    return "boxed"
 
 
 def extract_answer(problem: Problem, completion: str) -> str | None:

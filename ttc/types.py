@@ -9,6 +9,9 @@ from pydantic import BaseModel, Field
 Role = Literal["policy", "verifier"]
 
 
+AnswerFormat = Literal["reference", "boxed", "gsm8k", "program"]
+
+
 class Problem(BaseModel):
     """One query: what the model is asked, and how its answer is graded."""
 
@@ -16,7 +19,7 @@ class Problem(BaseModel):
     prompt: str
     answer: str = ""
     kind: Literal["math", "code"] = "math"
-    answer_format: Literal["reference", "boxed", "gsm8k", "program"] = "boxed"
+    answer_format: AnswerFormat = "boxed"
     tests: str = ""  # hidden tests (code): graded on these
     visible_tests: str = ""  # tests a strategy may use to filter candidates
     entry_point: str = ""
