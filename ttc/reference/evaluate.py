@@ -5,7 +5,7 @@
 Per difficulty: pass@1 with sampling (temperature 1), majority@16, pass@16
 (unbiased estimator), direct-answer accuracy (greedy, no chain of thought);
 for the PRM: step-level AUROC on held-out samples and the accuracy of
-PRM-best-of-16; for the code task: pass@1 and the accuracy of filtering 16
+PRM-best-of-16; for the code task, at three difficulties: pass@1 and the accuracy of filtering 16
 samples by the visible examples.
 """
 

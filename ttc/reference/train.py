@@ -251,7 +251,7 @@ def prm_collate(
     return ids_t, mask, lab_t
 
 
-def slipped_solution(rng: random.Random) -> tuple[str, str, list[tuple[int, bool]]]:
+def slipped_solution(rng: random.Random) -> PRMRow:
     """A reference chain, or one with a single slip of the kind the policy makes.
 
     The slip (a wrong digit, an off-by-one or -ten, a miscopied previous result)
