@@ -41,13 +41,19 @@ MODEL_SHAPE = dict(
 TRAIN_STEPS = range(1, 7)  # arithmetic chain lengths seen in training
 
 
-def policy_example(rng: random.Random, code_consts: tuple[int, ...] = (9,)) -> tuple[str, str]:
+PHASE1_CODE_CONST = 9
+
+
+def policy_example(rng: random.Random, code_consts: tuple[int, ...] = ()) -> tuple[str, str]:
     """One (prompt, completion) pair from the policy's training mixture.
 
-    ``code_consts`` are the code task's constant ranges (``max_const``) to draw from."""
+    ``code_consts``: the code task's constant ranges (``max_const``) to draw from;
+    empty means phase 1's single range, drawn without touching ``rng`` so that
+    phase 1's data stream is the one the shipped checkpoint was trained on."""
     r = rng.random()
     if r < 0.30:
-        p = synth_code.generate(1, seed=rng.getrandbits(48), max_const=rng.choice(code_consts))[0]
+        max_const = rng.choice(code_consts) if code_consts else PHASE1_CODE_CONST
+        p = synth_code.generate(1, seed=rng.getrandbits(48), max_const=max_const)[0]
         return p.prompt(), p.solution()
     prob = arith.sample_problem(rng, steps=rng.choice(TRAIN_STEPS))
     direct = r < 0.50
@@ -150,25 +156,22 @@ def train_policy(path: Path, seed: int, steps: int, phase2_steps: int, batch: in
     if 1 in phases:
         tok = save_tokenizer(path)
         model = new_model(tok, seed)
-        rng = random.Random(f"policy-data:{seed}")
-
-        def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-            while True:
-                yield collate(tok, [policy_example(rng) for _ in range(batch)])
-
-        fit(model, batches(), steps, lr=3e-3, loss_fn=token_ce, desc="policy")
+        batches = _policy_batches(tok, random.Random(f"policy-data:{seed}"), batch, ())
+        fit(model, batches, steps, lr=3e-3, loss_fn=token_ce, desc="policy")
         save(model, tok, path)
     if 2 in phases:
         tok = PreTrainedTokenizerFast.from_pretrained(str(path))
         model = LlamaForCausalLM.from_pretrained(str(path))
-        rng2 = random.Random(f"policy-data-2:{seed}")
-
-        def batches2() -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-            while True:
-                yield collate(tok, [policy_example(rng2, PHASE2_CODE_CONSTS) for _ in range(batch)])
-
-        fit(model, batches2(), phase2_steps, lr=1e-3, loss_fn=token_ce, desc="policy phase 2")
+        batches = _policy_batches(tok, random.Random(f"policy-data-2:{seed}"), batch, PHASE2_CODE_CONSTS)
+        fit(model, batches, phase2_steps, lr=1e-3, loss_fn=token_ce, desc="policy phase 2")
         save(model, tok, path)
+
+
+def _policy_batches(
+    tok: PreTrainedTokenizerFast, rng: random.Random, batch: int, code_consts: tuple[int, ...]
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    while True:
+        yield collate(tok, [policy_example(rng, code_consts) for _ in range(batch)])
 
 
 # ----------------------------------------------------------------------------- PRM
