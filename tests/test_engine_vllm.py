@@ -97,7 +97,6 @@ def test_reference_policy_solves_easy_problems_far_above_chance(policy_engine) -
     assert acc["accuracy"] >= 0.7  # chance is ~1/1000
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped reference PRM does not yet separate right from wrong steps")
 def test_prm_ranks_a_correct_step_above_a_corrupted_one(prm_engine) -> None:
     prm = PRMVerifier(prm_engine)
     prompt = "Q:37+45*2-18=?\n"

@@ -69,3 +69,31 @@ def test_hf_backend_stop_strings_and_scores() -> None:
     assert all(c.text.endswith("\n") and c.text.count("\n") == 1 for c in res.completions)
     (s,) = asyncio.run(hf.score([ScoreRequest(prompt="Q:12+7=?\n", continuation="12+7=19\n")]))
     assert len(s.token_logprobs) == len("12+7=19\n") and all(lp <= 0 for lp in s.token_logprobs)
+
+
+PRM_CHAINS = [  # (prompt, steps): right, a slip continued correctly, a wrong final answer
+    ("Q:37+45*2-18=?\n", ["37+45=82\n", "82*2=164\n", "164-18=146\n", "A:146\n"]),
+    ("Q:37+45*2-18=?\n", ["37+45=82\n", "82*2=146\n", "146-18=128\n", "A:128\n"]),
+    ("Q:25+88-40=?\n", ["25+88=113\n", "113-40=73\n", "A:37\n"]),
+]
+
+
+def prm_step_scores(backend) -> list[list[float]]:
+    from verifiers.prm import PRMVerifier
+
+    prm = PRMVerifier(backend)
+    return [asyncio.run(prm.score_steps(None, prompt, steps)) for prompt, steps in PRM_CHAINS]
+
+
+@pytest.mark.engine
+def test_vllm_serves_the_built_prm_as_transformers_computes_it(prm_engine) -> None:
+    """The PRM's constructed layers (rotary query/key biases, a 1e5 scale
+    constant) give the same judgements on vLLM's kernels as in transformers."""
+    from ttc.backends.hf import HFBackend
+
+    want = prm_step_scores(HFBackend(str(PRM_PATH), device="cpu", dtype="float32"))
+    got = prm_step_scores(prm_engine)
+    for w, g in zip(want, got, strict=True):
+        assert g == pytest.approx(w, abs=0.02)
+    right, slip, wrong_answer = got
+    assert min(right) > 0.5 and slip[0] > 0.5 > max(slip[1:]) and wrong_answer[-1] < 0.5 < min(wrong_answer[:-1])

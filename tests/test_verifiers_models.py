@@ -427,7 +427,6 @@ def test_reference_prm_as_orm_ranks_the_whole_chain(prm_engine: Any) -> None:
 
 
 @pytest.mark.engine
-@pytest.mark.xfail(strict=True, reason="the shipped reference PRM does not yet separate right from wrong chains")
 def test_reference_orm_separates_right_from_wrong(prm_engine: Any) -> None:
     good, bad = asyncio.run(ORMVerifier(prm_engine).verify_many(PROBLEM, [RIGHT, WRONG_END], None))
     assert good.score > 0.5 > bad.score

@@ -6,10 +6,10 @@
 
 Deterministic for a seed (fixed step counts, seeded data streams, one thread
 order). The policy trains in two phases: the task mixture, then the same with
-the code task's constants widened. The PRM is the frozen policy plus two fresh
-layers, trained on the policy's own sampled solutions, each character labelled
-by exact checking (Math-Shepherd style judgement tokens), and on chains with a
-synthetic slip.
+the code task's constants widened. The PRM is built from the policy (it reads
+the policy's own surprise at each character; ``ttc.reference.prm``) and its two
+learned pieces are fitted on the policy's sampled solutions, each step labelled
+by exact checking (Math-Shepherd style judgement tokens).
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from ttc.reference import POLICY_PATH, PRM_PATH
+from ttc.reference import POLICY_PATH, PRM_PATH, prm
+from ttc.reference.evaluate import auroc
 from ttc.reference.tokenizer import BAD, GOOD, save_tokenizer
 from ttc.tasks import arith, synth_code
 
@@ -102,10 +103,9 @@ def fit(
     lr: float,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     desc: str,
-    every: tuple[int, Callable[[], str]] | None = None,
 ) -> None:
     """AdamW with linear warm-up and cosine decay over the trainable parameters;
-    labels are next-token targets. ``every=(k, report)`` prints report() every k steps."""
+    labels are next-token targets."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
     warmup = max(1, steps // 20)
@@ -116,7 +116,7 @@ def fit(
     model.train()
     bar = tqdm(range(steps), desc=desc)
     ema = None
-    for step in bar:
+    for _ in bar:
         ids, mask, lab = next(batches)
         logits = model(input_ids=ids, attention_mask=mask).logits
         loss = loss_fn(logits[:, :-1], lab[:, 1:])
@@ -127,8 +127,6 @@ def fit(
         opt.zero_grad(set_to_none=True)
         ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
         bar.set_postfix(loss=f"{ema:.4f}")
-        if every and (step + 1) % every[0] == 0:
-            bar.write(f"{desc} step {step + 1}: loss {ema:.4f}, {every[1]()}")
     model.eval()
 
 
@@ -184,10 +182,8 @@ def sample_policy_solutions(policy: Path, seed: int, n_problems: int, samples: i
 
     Returns (prompt, completion, judgements): a judgement (i, ok) says whether
     the completion is still right after its character i. Arithmetic is judged
-    after every character (right while the text is a prefix of the reference
-    chain), so a step's label after its newline is exactly its Math-Shepherd
-    label, and the dense labels teach the PRM *where* a chain goes wrong. Code
-    is judged once, after the program line, by the hidden tests.
+    after every step's newline (``judgement_marks``); code once, after the
+    program line, by the hidden tests.
     """
     from vllm import SamplingParams
 
@@ -218,154 +214,21 @@ def sample_policy_solutions(policy: Path, seed: int, n_problems: int, samples: i
 
 
 def judgement_marks(prob: arith.ArithProblem, text: str) -> list[tuple[int, bool]]:
-    """The PRM's training judgement after every character of an arithmetic chain:
-    is the text still a prefix of the reference chain? After a step's newline
-    this is exactly the step's Math-Shepherd label (right so far); the labels in
-    between teach the PRM *where* a chain goes wrong. (Labelling characters
-    locally instead, right given the lines written before, separated steps no
-    better: held-out AUROC 0.735 against 0.745 after 500 steps.)"""
+    """The judgement after every newline of an arithmetic chain: is the text still
+    a prefix of the reference chain? That is the step's Math-Shepherd label
+    (right so far), at the character where the PRM is read."""
     ref = prob.solution()
-    return [(j, text[: j + 1] == ref[: j + 1]) for j in range(len(text))]
+    return [(j, text[: j + 1] == ref[: j + 1]) for j, c in enumerate(text) if c == arith.STEP_DELIMITER]
 
 
-def prm_collate(
-    tok: PreTrainedTokenizerFast, rows: list[PRMRow]
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Judgement targets after the judged characters; nothing else is scored.
-
-    ``fit`` compares the logits at position t with the label at t+1, so the
-    judgement after the token at t is stored at t+1."""
-    good, bad = tok.convert_tokens_to_ids([GOOD, BAD])
-    seqs, judged = [], []
-    for prompt, text, marks in rows:
-        head = tok(prompt).input_ids
-        ids = head + tok(text, add_special_tokens=False).input_ids  # one token per character
-        seqs.append(ids)
-        judged.append([(len(head) + j, good if ok else bad) for j, ok in marks])
-    width = max(map(len, seqs)) + 1
-    ids_t = torch.full((len(seqs), width), tok.pad_token_id)
-    lab_t = torch.full((len(seqs), width), -100)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for r, (ids, marks) in enumerate(zip(seqs, judged, strict=True)):
-        ids_t[r, : len(ids)] = torch.tensor(ids)
-        mask[r, : len(ids)] = 1
-        for t, y in marks:
-            lab_t[r, t + 1] = y
-    return ids_t, mask, lab_t
-
-
-def slipped_solution(rng: random.Random) -> PRMRow:
-    """A reference chain, or one with a single slip of the kind the policy makes.
-
-    The slip (a wrong digit, an off-by-one or -ten, a miscopied previous result)
-    is continued *correctly* from the wrong value, as the policy does, so every
-    later step is locally right and still labelled bad: the PRM must carry an
-    error forward, not just check the last line. Labels are dense, as in
-    ``sample_policy_solutions``."""
-    prob = arith.sample_problem(rng, steps=rng.choice(range(2, 8)))
-    ref = prob.solution()
-    if rng.random() < 0.35:
-        return prob.prompt(), ref, judgement_marks(prob, ref)
-    where = rng.randrange(len(prob.ops))
-    v, lines = prob.operands[0], []
-    for k, (op, x) in enumerate(zip(prob.ops, prob.operands[1:], strict=True)):
-        a = _slip(rng, v) if k == where and k > 0 and rng.random() < 0.25 else v
-        r = arith._apply(a, op, x)
-        if k == where and a == v:
-            r = _slip(rng, r)
-        lines.append(f"{a}{op}{x}={r}")
-        v = r
-    text = "".join(line + arith.STEP_DELIMITER for line in lines) + f"{arith.ANSWER_PREFIX}{v}\n"
-    return prob.prompt(), text, judgement_marks(prob, text)
-
-
-def _slip(rng: random.Random, v: int) -> int:
-    if rng.random() < 0.5:
-        s = str(v)
-        j = rng.randrange(len(s))
-        w = int(s[:j] + rng.choice([d for d in "0123456789" if d != s[j]]) + s[j + 1 :])
-    else:
-        w = v + rng.choice([-10, -2, -1, 1, 2, 10])
-    return w if w != v and w >= 0 else v + 1
-
-
-def prm_from_policy(policy: Path, new_layers: int) -> LlamaForCausalLM:
-    """The frozen policy with fresh layers and its own judgement head on top.
-
-    Judging a character means comparing it with what the policy, one position
-    earlier, expected there, and carrying any mismatch forward. The policy's
-    expectation exists only at its last layer, so new layers above it do the
-    comparing (they start as the identity: zero output projections). Freezing
-    the trunk keeps that expectation intact; a full fine-tune on a few thousand
-    samples lets it drift and separated steps worse (AUROC 0.71 against 0.78 at
-    the same step). The head is untied so judgement logits can move without
-    moving the character embeddings the frozen trunk reads. (Building a
-    previous-position reader into the first fresh layer, a rotary query and key
-    that attend exactly one position back and values that are the policy's
-    logits there, did not learn faster: held-out AUROC 0.732 against 0.730 after
-    250 steps.)"""
-    base = LlamaForCausalLM.from_pretrained(str(policy))
-    cfg = base.config
-    trunk = cfg.num_hidden_layers
-    cfg.num_hidden_layers += new_layers
-    cfg.tie_word_embeddings = False
-    model = LlamaForCausalLM(cfg)
-    state = base.state_dict()
-    state["lm_head.weight"] = state["model.embed_tokens.weight"].clone()
-    missing = model.load_state_dict(state, strict=False).missing_keys
-    fresh = tuple(f"model.layers.{i}." for i in range(trunk, cfg.num_hidden_layers))
-    assert all(k.startswith(fresh) for k in missing), missing
-    for layer in model.model.layers[trunk:]:
-        torch.nn.init.zeros_(layer.self_attn.o_proj.weight)
-        torch.nn.init.zeros_(layer.mlp.down_proj.weight)
-    for name, param in model.named_parameters():
-        param.requires_grad = name.startswith((*fresh, "lm_head.", "model.norm."))
-    return model
-
-
-def step_auroc(model: LlamaForCausalLM, tok: PreTrainedTokenizerFast, rows: list[PRMRow]) -> float:
-    """Held-out step-level AUROC of P(<good>) after each arithmetic step."""
-    from ttc.reference.evaluate import auroc
-
-    good = tok.convert_tokens_to_ids(GOOD)
-    scores, labels = [], []
-    model.eval()
-    with torch.no_grad():
-        for i in range(0, len(rows), 128):
-            chunk = rows[i : i + 128]
-            ids, mask, _ = prm_collate(tok, chunk)
-            p_good = model(input_ids=ids, attention_mask=mask).logits.softmax(-1)[..., good]
-            for r, (prompt, text, marks) in enumerate(chunk):
-                head = len(tok(prompt).input_ids)
-                for j, ok in marks:
-                    if text[j] == arith.STEP_DELIMITER:
-                        scores.append(p_good[r, head + j].item())
-                        labels.append(ok)
-    model.train()
-    return auroc(scores, labels)
-
-
-def train_prm(
-    policy: Path,
-    path: Path,
-    seed: int,
-    steps: int,
-    batch: int,
-    n_problems: int,
-    lr: float,
-    new_layers: int,
-    cache: Path | None = None,
-) -> None:
-    """Train the PRM on the policy's own samples, half of each batch fresh slipped chains.
-
-    The policy's samples hold only a few thousand real errors; the slipped
-    chains add an unbounded stream of the same kinds of error so the new layers
-    learn the comparison instead of memorising samples. One problem in eight of
-    the policy's samples is held out and its step AUROC printed as training goes."""
+def build_prm(policy_path: Path, path: Path, seed: int, n_problems: int, cache: Path | None = None) -> None:
+    """Build the PRM from the policy (``ttc.reference.prm``) and fit its two learned
+    pieces on the policy's own samples: the logsumexp MLP and the calibration.
+    One problem in eight is held out; its step AUROC is printed."""
     if cache is not None and cache.exists():
         data = [(p, t, [tuple(m) for m in marks]) for p, t, marks in json.loads(cache.read_text())]
     else:
-        data = sample_policy_solutions(policy, seed, n_problems, samples=4)
+        data = sample_policy_solutions(policy_path, seed, n_problems, samples=4)
         if cache is not None:
             cache.write_text(json.dumps(data))
     prompts = sorted({p for p, _, _ in data})
@@ -373,22 +236,34 @@ def train_prm(
     held = set(prompts[: len(prompts) // 8])
     train = [row for row in data if row[0] not in held]
     test = [row for row in data if row[0] in held and row[0].startswith("Q:")]
-    n_marks = sum(len(marks) for _, _, marks in train)
-    n_good = sum(ok for _, _, marks in train for _, ok in marks)
-    print(f"PRM data: {len(train)} policy solutions ({len(test)} held out), {n_marks} judgements, "
-          f"{n_good / n_marks:.2f} good")
-    tok = PreTrainedTokenizerFast.from_pretrained(str(policy))
-    model = prm_from_policy(policy, new_layers)
-    rng = random.Random(f"prm-batches:{seed}")
-
-    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        while True:
-            rows = rng.sample(train, batch // 2) + [slipped_solution(rng) for _ in range(batch - batch // 2)]
-            yield prm_collate(tok, rows)
-
-    fit(model, batches(), steps, lr=lr, loss_fn=token_ce, desc="prm",
-        every=(max(1, steps // 12), lambda: f"held-out step AUROC {step_auroc(model, tok, test):.3f}"))
+    tok = PreTrainedTokenizerFast.from_pretrained(str(policy_path))
+    policy = LlamaForCausalLM.from_pretrained(str(policy_path)).eval()
+    print(f"PRM data: {len(train)} policy solutions ({len(test)} arithmetic ones held out)")
+    logits = prm.judged_logits(policy, tok, [(p, t) for p, t, _ in train])
+    lse = prm.fit_logsumexp(logits, seed=seed)
+    model = prm.build(policy, tok, lse)
+    scores, labels = _judgements(model, tok, train)
+    a, b = prm.calibrate(scores, labels)
+    prm.set_calibration(model, tok, a, b)
+    print(f"PRM calibration: P(good) = sigmoid({a:.3f} * softmin log p + {b:.3f}); "
+          f"held-out step AUROC {auroc(*_judgements(model, tok, test)):.3f}")
     save(model, tok, path)
+
+
+def _judgements(model: LlamaForCausalLM, tok: PreTrainedTokenizerFast, rows: list[PRMRow], batch: int = 64
+                ) -> tuple[list[float], list[bool]]:
+    """The PRM's <good> - <bad> logit margin at each judged character, and its label."""
+    good, bad = tok.convert_tokens_to_ids([GOOD, BAD])
+    scores, labels = [], []
+    for i in tqdm(range(0, len(rows), batch), desc="PRM judgements"):
+        chunk = rows[i : i + batch]
+        logits = prm.forward_padded(model, tok, [p + t for p, t, _ in chunk])
+        margin = logits[..., good] - logits[..., bad]
+        for row, (prompt, _, marks) in zip(margin, chunk, strict=True):
+            head = len(tok(prompt).input_ids)
+            scores += [row[head + j].item() for j, _ in marks]
+            labels += [ok for _, ok in marks]
+    return scores, labels
 
 
 def main() -> None:
@@ -399,12 +274,9 @@ def main() -> None:
     ap.add_argument("--policy-phase2-steps", type=int, default=800)
     ap.add_argument("--policy-phases", type=int, nargs="+", default=[1, 2], choices=[1, 2],
                     help="2 alone continues the checkpoint at --policy-out")
-    ap.add_argument("--prm-steps", type=int, default=3000)
-    ap.add_argument("--prm-lr", type=float, default=3e-3)
-    ap.add_argument("--prm-new-layers", type=int, default=2)
     ap.add_argument("--prm-data-cache", type=Path, default=None, help="reuse sampled PRM data (JSON)")
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--prm-problems", type=int, default=2000)
+    ap.add_argument("--prm-problems", type=int, default=1000, help="problems sampled (4 times each) for the PRM")
     ap.add_argument("--policy-out", type=Path, default=POLICY_PATH)
     ap.add_argument("--prm-out", type=Path, default=PRM_PATH)
     args = ap.parse_args()
@@ -414,10 +286,7 @@ def main() -> None:
             args.policy_out, args.seed, args.policy_steps, args.policy_phase2_steps, args.batch, args.policy_phases
         )
     if args.only in (None, "prm"):
-        train_prm(
-            args.policy_out, args.prm_out, args.seed, args.prm_steps, args.batch, args.prm_problems, args.prm_lr,
-            args.prm_new_layers, args.prm_data_cache,
-        )
+        build_prm(args.policy_out, args.prm_out, args.seed, args.prm_problems, args.prm_data_cache)
 
 
 if __name__ == "__main__":
