@@ -235,6 +235,7 @@ def _reader_layer(sd: dict, p: str, lay: Layout, *, src: dict, tok: PreTrainedTo
     output bias writes BIG. MLP: z[x_t] as one-hot times logits, minus the
     fitted logsumexp."""
     t, hd = config.hidden_size, config.head_dim
+    assert lay.judged <= hd, "one attention head copies the judged logits"
     sd[p + "input_layernorm.weight"][:t] = src["model.norm.weight"] * math.sqrt(t / lay.hidden)
     theta = config.rope_parameters["rope_theta"] ** (-torch.arange(0, hd, 2).double() / hd)
     for i in range(PREV_FREQS):  # q . k = PREV_GAIN * sum_i cos(theta_i * (offset - 1))
@@ -291,7 +292,7 @@ def _mask_layer(sd: dict, p: str, lay: Layout, *, config: LlamaConfig, **_: obje
     norm[lay.newlines], norm[lay.newlines_past_one] = unit, unit
     norm[nl], norm[lay.const] = unit / EPS, 1 / math.sqrt(lay.hidden)
     gate, up, down = (sd[p + f"mlp.{n}_proj.weight"] for n in ("gate", "up", "down"))
-    # silu(-ZERO_TEST * x + GATE) - silu(-ZERO_TEST * x + GATE / 2) is MASK for x <= 0 and 0 for x > 1/1024
+    # silu(-ZERO_TEST * x + GATE) - silu(-ZERO_TEST * x + GATE / 2) is MASK for x <= 0 and 0 for x >= 0.5/1024
     tests = ((lay.newlines, lay.const), (lay.newlines_past_one, nl))  # (what is tested, which characters)
     u = 0
     for x, applies in tests:
