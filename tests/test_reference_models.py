@@ -85,15 +85,20 @@ def prm_step_scores(backend) -> list[list[float]]:
     return [asyncio.run(prm.score_steps(None, prompt, steps)) for prompt, steps in PRM_CHAINS]
 
 
+def assert_judges_like_transformers(engine) -> list[list[float]]:
+    """The engine's PRM step scores on PRM_CHAINS, checked against transformers'."""
+    from ttc.backends.hf import HFBackend
+
+    want = prm_step_scores(HFBackend(str(PRM_PATH), device="cpu", dtype="float32"))
+    got = prm_step_scores(engine)
+    for w, g in zip(want, got, strict=True):
+        assert g == pytest.approx(w, abs=0.02)
+    return got
+
+
 @pytest.mark.engine
 def test_vllm_serves_the_built_prm_as_transformers_computes_it(prm_engine) -> None:
     """The PRM's constructed layers (rotary query/key biases, a 1e5 scale
     constant) give the same judgements on vLLM's kernels as in transformers."""
-    from ttc.backends.hf import HFBackend
-
-    want = prm_step_scores(HFBackend(str(PRM_PATH), device="cpu", dtype="float32"))
-    got = prm_step_scores(prm_engine)
-    for w, g in zip(want, got, strict=True):
-        assert g == pytest.approx(w, abs=0.02)
-    right, slip, wrong_answer = got
+    right, slip, wrong_answer = assert_judges_like_transformers(prm_engine)
     assert min(right) > 0.5 and slip[0] > 0.5 > max(slip[1:]) and wrong_answer[-1] < 0.5 < min(wrong_answer[:-1])

@@ -3,6 +3,8 @@ compute exactly the soft minimum of the policy's own log-probabilities."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
@@ -43,11 +45,11 @@ def constant_logsumexp(c: float) -> construct.LogSumExp:
     return lse
 
 
-def reference_soft_min(policy: torch.nn.Module, ids: torch.Tensor, head: int, c: float) -> torch.Tensor:
+def reference_soft_min(policy: torch.nn.Module, tok: PreTrainedTokenizerFast, ids: torch.Tensor, head: int, c: float
+                       ) -> torch.Tensor:
     """What the built layers should compute, from the policy's logits directly:
     key_t = z_{t-1}[x_t] - c over the completion, soft minimum with weights
     exp(-BETA * key_k * cos(theta * (t - k))) (the min layer's rotary factor)."""
-    tok = AutoTokenizer.from_pretrained(str(POLICY_PATH))
     judged = set(tok.convert_tokens_to_ids(construct.JUDGED))
     with torch.no_grad():
         z = policy(ids).logits[0]
@@ -72,8 +74,8 @@ def test_the_built_layers_compute_the_soft_minimum_of_the_policys_log_probabilit
     text = "37+45=82\n82*2=146\n146-18=128\nA:128\n" * repeat + "def f(x): return 3*x+2\n~"
     ids = tok(prompt + text, return_tensors="pt").input_ids
     head = len(tok(prompt).input_ids)
-    got = construct.margin(prm, tok, ids)[0, head:]  # a=1, b=0: the soft minimum itself
-    want = reference_soft_min(model, ids, head, c)
+    got = construct.margin(prm, tok, [prompt + text])[0, head:]  # a=1, b=0: the soft minimum itself
+    want = reference_soft_min(model, tok, ids, head, c)
     # The reference starts at the completion: the prompt, which the policy was
     # never trained to predict, must not enter the minimum (its keys are MASKed).
     assert got == pytest.approx(want, abs=2e-3)
@@ -87,20 +89,13 @@ def test_the_built_prm_is_a_plain_llama_that_transformers_loads() -> None:
     assert cfg.num_hidden_layers == policy_layers + 3
 
 
-def p_good(prm: torch.nn.Module, tok: PreTrainedTokenizerFast, prompt: str, text: str) -> list[float]:
-    ids = tok(prompt + text, return_tensors="pt").input_ids
-    head = len(tok(prompt).input_ids)
-    good = tok.convert_tokens_to_ids("<good>")
-    with torch.no_grad():
-        p = prm(ids).logits[0].softmax(-1)[:, good]
-    return [p[head + j].item() for j, c in enumerate(text) if c == "\n"]
-
-
 def test_the_shipped_prm_flags_the_slipped_step_and_every_step_after_it() -> None:
-    prm = AutoModelForCausalLM.from_pretrained(str(PRM_PATH)).eval()
-    tok = AutoTokenizer.from_pretrained(str(PRM_PATH))
+    from ttc.backends.hf import HFBackend
+    from verifiers.prm import PRMVerifier
+
+    prm = PRMVerifier(HFBackend(str(PRM_PATH), device="cpu", dtype="float32"))
     prompt = arith.parse_expression("25+88-40").prompt()
-    right = p_good(prm, tok, prompt, "25+88=113\n113-40=73\nA:73\n")
-    slip = p_good(prm, tok, prompt, "25+88=123\n123-40=83\nA:83\n")
+    right, slip = (asyncio.run(prm.score_steps(None, prompt, steps)) for steps in
+                   (["25+88=113\n", "113-40=73\n", "A:73\n"], ["25+88=123\n", "123-40=83\n", "A:83\n"]))
     assert min(right) > 0.5
     assert all(s < r - 0.3 for s, r in zip(slip, right, strict=True)), (right, slip)

@@ -316,12 +316,11 @@ def _min_layer(sd: dict, p: str, lay: Layout, *, config: LlamaConfig, **_: objec
     sd[p + "self_attn.o_proj.weight"][lay.min, 0] = 1.0
 
 
-def margin(prm: LlamaForCausalLM, tok: PreTrainedTokenizerFast, ids: torch.Tensor,
-           mask: torch.Tensor | None = None) -> torch.Tensor:
-    """logit(<good>) - logit(<bad>) at every position: ``a * soft minimum + b``."""
+def margin(prm: LlamaForCausalLM, tok: PreTrainedTokenizerFast, texts: list[str]) -> torch.Tensor:
+    """logit(<good>) - logit(<bad>) at every position of each text (right-padded):
+    ``a * soft minimum + b``."""
     good, bad = tok.convert_tokens_to_ids([GOOD, BAD])
-    with torch.no_grad():
-        logits = prm(input_ids=ids, attention_mask=mask).logits
+    logits = forward_padded(prm, tok, texts)
     return logits[..., good] - logits[..., bad]
 
 

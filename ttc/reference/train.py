@@ -28,7 +28,7 @@ from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTra
 
 from ttc.reference import POLICY_PATH, PRM_PATH, prm
 from ttc.reference.evaluate import auroc
-from ttc.reference.tokenizer import BAD, GOOD, save_tokenizer
+from ttc.reference.tokenizer import save_tokenizer
 from ttc.tasks import arith, synth_code
 
 MODEL_SHAPE = dict(
@@ -253,12 +253,10 @@ def build_prm(policy_path: Path, path: Path, seed: int, n_problems: int, cache: 
 def _judgements(model: LlamaForCausalLM, tok: PreTrainedTokenizerFast, rows: list[PRMRow], batch: int = 64
                 ) -> tuple[list[float], list[bool]]:
     """The PRM's <good> - <bad> logit margin at each judged character, and its label."""
-    good, bad = tok.convert_tokens_to_ids([GOOD, BAD])
     scores, labels = [], []
     for i in tqdm(range(0, len(rows), batch), desc="PRM judgements"):
         chunk = rows[i : i + batch]
-        logits = prm.forward_padded(model, tok, [p + t for p, t, _ in chunk])
-        margin = logits[..., good] - logits[..., bad]
+        margin = prm.margin(model, tok, [p + t for p, t, _ in chunk])
         for row, (prompt, _, marks) in zip(margin, chunk, strict=True):
             head = len(tok(prompt).input_ids)
             scores += [row[head + j].item() for j, _ in marks]
