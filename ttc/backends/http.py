@@ -7,6 +7,11 @@ in-process engines. Several ``endpoints`` (replicas of one model) share the load
 by least outstanding tokens; a request that meets a dead replica, a 429 or a 503
 is retried with exponential backoff, on another replica where there is one.
 
+Against a vLLM server started with ttc's batch route (``--middleware
+ttc.backends.vllm_route.batch_generate``), every engine batch goes in one POST with each
+request's own sampling settings and seed, as in process; without it, one request per
+``/v1/completions`` call.
+
 Device time. Neither server exports an engine-busy counter (vLLM's ``/metrics``
 has per-request latency histograms, which overlap under continuous batching), so
 each endpoint's busy time is measured here: the time during which it holds at
@@ -29,10 +34,12 @@ from typing import Any, Literal
 
 from ttc.backends.base import Backend, BackendError, apportion
 from ttc.backends.batching import MicroBatcher
+from ttc.backends.vllm_route import PATH as ROUTE_PATH
 from ttc.types import Completion, GenRequest, GenResult, ScoreRequest, ScoreResult
 
 Api = Literal["openai", "sglang"]
 RETRY_STATUS = {429, 500, 502, 503, 504}
+SCORE = {"max_tokens": 1, "temperature": 0.0}  # the batch route's settings for a score
 
 
 class BusyClock:
@@ -103,12 +110,15 @@ class HTTPBackend(Backend):
         timeout_s: float = 600.0,
         max_retries: int = 6,
         backoff_s: float = 0.5,
+        batch_route: bool | None = None,
     ) -> None:
         """Talk to running servers of ``model`` (its path or hub name gives the tokenizer and KV geometry).
 
         ``block_size`` is the server's prefix-cache block (null: read from vLLM's
         ``/metrics``, 1 for SGLang's radix cache); ``max_model_len`` is capped by what
-        the server reports.
+        the server reports. ``batch_route``: send whole batches through ttc's route on vLLM
+        servers (``ttc.backends.vllm_route``): null uses it where the server has it, true
+        requires it, false never uses it.
         """
         from transformers import AutoConfig, AutoTokenizer
 
@@ -136,6 +146,14 @@ class HTTPBackend(Backend):
         lens = [x for x in (max_model_len, server_len) if x]
         self.max_model_len = min(lens) if lens else None
         self.block_size = block_size or info.get("block_size") or (1 if api == "sglang" else 16)
+        has_route = api == "openai" and bool(info.get("route"))
+        if batch_route and not has_route:
+            raise BackendError(
+                f"http backend: batch_route=true but {endpoints[0]} has no {ROUTE_PATH}; start vLLM's server "
+                "with --middleware ttc.backends.vllm_route.batch_generate"
+            )
+        self.uses_route = has_route and batch_route is not False
+        self._routed: MicroBatcher[tuple[list[int], dict[str, Any]], dict[str, Any]] = MicroBatcher(self._route_batch)
 
     # -- discovery -----------------------------------------------------------------------
     def _probe(self, served_model_name: str | None) -> dict[str, Any]:
@@ -151,6 +169,8 @@ class HTTPBackend(Backend):
                     info = {"model": card.get("id"), "max_model_len": card.get("max_model_len")}
                     metrics = client.get("/metrics")
                     info["block_size"] = vllm_block_size(metrics.text) if metrics.is_success else None
+                    route = client.get(ROUTE_PATH)
+                    info["route"] = route.is_success and route.json().get("route") == ROUTE_PATH
                     server = client.get("/get_server_info")
                     if info["block_size"] is None and server.is_success:
                         facts = server.json()
@@ -223,12 +243,16 @@ class HTTPBackend(Backend):
     # -- protocol --------------------------------------------------------------------------
     async def generate(self, requests: list[GenRequest]) -> list[GenResult]:
         batch_id = next(self._batch_ids)
-        jobs = []
+        prompts = []
         for r in requests:
             ids = self.encode(r.prompt)
             self.check_length(ids, r.max_tokens)
-            jobs.append(self._generate_one(ids, r, batch_id))
-        return list(await asyncio.gather(*jobs))
+            prompts.append(ids)
+        if self.uses_route:
+            outs = await self._routed.submit([(ids, route_params(r)) for ids, r in zip(prompts, requests, strict=True)])
+            return [route_gen_result(o, r.logprobs) for o, r in zip(outs, requests, strict=True)]
+        pairs = zip(prompts, requests, strict=True)
+        return list(await asyncio.gather(*(self._generate_one(ids, r, batch_id) for ids, r in pairs)))
 
     async def _generate_one(self, ids: list[int], r: GenRequest, batch_id: int) -> GenResult:
         weight = len(ids) + r.n * r.max_tokens
@@ -249,6 +273,8 @@ class HTTPBackend(Backend):
                 raise BackendError("score needs a non-empty prompt and continuation")
             self.check_length(prompt + cont)
             seqs.append((prompt + cont, len(prompt)))
+        if self.uses_route:
+            return await self._route_scores(seqs)
         if self.api == "openai" and self._label_reads and all(len(ids) - start == 1 for ids, start in seqs):
             # A server answers many small requests far slower than one large one (each
             # costs it milliseconds of CPU): judgements of all queries in flight go together.
@@ -305,6 +331,62 @@ class HTTPBackend(Backend):
             )
             for (ids, _), k, r, c, sec in zip(seqs, keys, reads, cached, apportion(seconds, weights), strict=True)
         ]
+
+    # -- ttc's batch route on vLLM servers ----------------------------------------------------
+    async def _route_batch(self, jobs: Sequence[tuple[list[int], dict[str, Any]]], batch_id: int) -> list[Any]:
+        """One engine batch, split over the live endpoints, one POST each. Never raises: a
+        batch the servers did not answer comes back as that error for each of its requests."""
+        live = [e for e in self.endpoints if e.down_until <= time.monotonic()] or self.endpoints
+        size = max(1, -(-len(jobs) // len(live)))
+        chunks = [list(jobs[i : i + size]) for i in range(0, len(jobs), size)]
+        done = await asyncio.gather(*(self._route_post(c, batch_id) for c in chunks), return_exceptions=True)
+        out: list[Any] = []
+        for chunk, res in zip(chunks, done, strict=True):
+            out += res if isinstance(res, list) else [res] * len(chunk)
+        return out
+
+    async def _route_post(self, jobs: list[tuple[list[int], dict[str, Any]]], batch_id: int) -> list[Any]:
+        payload = {"requests": [{"prompt_token_ids": ids, "sampling_params": p} for ids, p in jobs]}
+        weight = sum(len(ids) + p.get("n", 1) * p.get("max_tokens", 1) for ids, p in jobs)
+        body, seconds = await self._post(ROUTE_PATH, payload, weight)
+        results = body.get("results") or []
+        if len(results) != len(jobs):
+            raise BackendError(f"{ROUTE_PATH} answered {len(results)} results for {len(jobs)} requests")
+        computed = [
+            len(r.get("prompt_token_ids", ())) - r.get("num_cached_tokens", 0)
+            + sum(len(c["token_ids"]) for c in r.get("outputs", ()))
+            for r in results
+        ]  # fmt: skip
+        return [
+            BackendError(f"{ROUTE_PATH}: {r['error']}") if "error" in r else {**r, "batch_id": batch_id, "seconds": sec}
+            for r, sec in zip(results, apportion(seconds, computed), strict=True)
+        ]
+
+    async def _route_scores(self, seqs: list[tuple[list[int], int]]) -> list[ScoreResult]:
+        """As the in-process engine scores: a one-token continuation (a PRM's judgement) on the
+        decode path, which the prefix cache serves; longer ones by prompt log-probabilities."""
+        jobs = []
+        for ids, start in seqs:
+            if len(ids) - start == 1:
+                jobs.append((ids[:-1], {**SCORE, "logprob_token_ids": ids[-1:]}))
+            else:
+                jobs.append((ids, {**SCORE, "prompt_logprobs": 0}))
+        outs = await self._routed.submit(jobs)
+        results = []
+        for (ids, start), o in zip(seqs, outs, strict=True):
+            if isinstance(o, Exception):
+                raise o
+            if len(ids) - start == 1:
+                lps = [o["outputs"][0]["logprobs"][0][str(ids[-1])]]
+            else:
+                lps = [o["prompt_logprobs"][i][str(ids[i])] for i in range(start, len(ids))]
+            results.append(
+                ScoreResult(
+                    token_logprobs=[float(x) for x in lps], prompt_token_ids=ids, cached_tokens=o["num_cached_tokens"],
+                    batch_id=o["batch_id"], engine_seconds=o["seconds"],
+                )
+            )  # fmt: skip
+        return results
 
     async def _score_one(self, ids: list[int], start: int, batch_id: int) -> ScoreResult:
         if self.api == "openai":
@@ -400,6 +482,36 @@ class HTTPBackend(Backend):
 
     def close(self) -> None:
         self._loop_state = None
+
+
+def route_params(r: GenRequest) -> dict[str, Any]:
+    """``SamplingParams`` keywords for the batch route: the in-process backend's own settings."""
+    params: dict[str, Any] = {
+        "n": r.n, "temperature": r.temperature, "top_p": r.top_p, "max_tokens": r.max_tokens,
+        "stop": r.stop or None, "include_stop_str_in_output": True, "seed": r.seed,
+        "logprobs": 0 if r.logprobs else None,
+    }  # fmt: skip
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def route_gen_result(out: Any, want_logprobs: bool) -> GenResult:
+    if isinstance(out, Exception):
+        raise out
+    completions = []
+    for c in out["outputs"]:
+        lps = None
+        if want_logprobs and c.get("logprobs") is not None:
+            lps = [float(step[str(t)]) for step, t in zip(c["logprobs"], c["token_ids"], strict=True)]
+        completions.append(
+            Completion(
+                token_ids=list(c["token_ids"]), text=c["text"], cumulative_logprob=c.get("cumulative_logprob"),
+                logprobs=lps, finish_reason=c["finish_reason"],
+            )
+        )  # fmt: skip
+    return GenResult(
+        prompt_token_ids=out["prompt_token_ids"], cached_tokens=out["num_cached_tokens"], completions=completions,
+        batch_id=out["batch_id"], engine_seconds=out["seconds"],
+    )  # fmt: skip
 
 
 def sglang_completion(out: dict[str, Any], tokenizer: Any, want_logprobs: bool) -> Completion:
