@@ -60,9 +60,10 @@ def backend(replicas: Any, request: Any) -> Any:
 
 
 @pytest.mark.engine
-def test_the_route_samples_what_completions_samples(replicas: Any) -> None:
+def test_the_route_samples_what_completions_samples(replicas: Any, policy_engine: Any) -> None:
     """Each request keeps its own seed through the batch route: the same samples as one
-    ``/v1/completions`` request each, so a run repeats whichever way it reaches the server."""
+    ``/v1/completions`` request each and as the in-process engine, so a run repeats
+    whichever way it reaches the engine."""
     from ttc.backends.http import HTTPBackend
 
     plain = HTTPBackend(str(POLICY_PATH), endpoints=[replicas[0].url], batch_route=False)
@@ -75,7 +76,7 @@ def test_the_route_samples_what_completions_samples(replicas: Any) -> None:
         return [[c.token_ids for c in r.completions] for r in asyncio.run(b.generate(reqs))]
 
     got, want = samples(routed), samples(plain)
-    assert got == want
+    assert got == want == samples(policy_engine)
     assert got[0] != got[3]
     assert routed.endpoints[0].sent == 1  # the four requests went in one POST
 
