@@ -153,7 +153,8 @@ class HTTPBackend(Backend):
                 "with --middleware ttc.backends.vllm_route.batch_generate"
             )
         self.uses_route = has_route and batch_route is not False
-        self._routed: MicroBatcher[tuple[list[int], dict[str, Any]], dict[str, Any]] = MicroBatcher(self._route_batch)
+        # Results are dicts, or the exception that a request (or its whole POST) met.
+        self._routed: MicroBatcher[tuple[list[int], dict[str, Any]], Any] = MicroBatcher(self._route_batch)
 
     # -- discovery -----------------------------------------------------------------------
     def _probe(self, served_model_name: str | None) -> dict[str, Any]:
