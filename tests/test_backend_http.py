@@ -182,7 +182,9 @@ def prm_server() -> Any:
 def test_tree_search_through_servers_with_the_prm_on_its_own(backend: Any, prm_server: Any) -> None:
     from ttc.backends.http import HTTPBackend
 
-    prm = HTTPBackend(str(PRM_PATH), endpoints=[prm_server.url])
+    # The PRM the way the policy goes: merged judgements over /v1/completions, or the route.
+    prm = HTTPBackend(str(PRM_PATH), endpoints=[prm_server.url], batch_route=backend.uses_route)
+    assert prm.uses_route is backend.uses_route
     verifier = PRMVerifier(prm, step_delimiter="\n")
     problems = arith_problems(limit=6, steps=3, seed=13)
     for strategy in (BeamSearch(n=4, width=2, verifier=verifier), MCTS(simulations=6, branching=2, verifier=verifier)):

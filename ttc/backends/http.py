@@ -30,7 +30,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from ttc.backends.base import Backend, BackendError, apportion
 from ttc.backends.batching import MicroBatcher
@@ -38,6 +38,7 @@ from ttc.backends.vllm_route import PATH as ROUTE_PATH
 from ttc.types import Completion, GenRequest, GenResult, ScoreRequest, ScoreResult
 
 Api = Literal["openai", "sglang"]
+J = TypeVar("J")
 RETRY_STATUS = {429, 500, 502, 503, 504}
 SCORE = {"max_tokens": 1, "temperature": 0.0}  # the batch route's settings for a score
 
@@ -282,11 +283,15 @@ class HTTPBackend(Backend):
             return await self._labels.submit(seqs)
         return list(await asyncio.gather(*(self._score_one(ids, start, batch_id) for ids, start in seqs)))
 
+    def _split(self, items: Sequence[J]) -> list[list[J]]:
+        """A merged batch in one chunk per live endpoint (``_pick`` sends each to the least loaded)."""
+        live = [e for e in self.endpoints if e.down_until <= time.monotonic()] or self.endpoints
+        size = max(1, -(-len(items) // len(live)))
+        return [list(items[i : i + size]) for i in range(0, len(items), size)]
+
     async def _label_batch(self, seqs: Sequence[tuple[list[int], int]], batch_id: int) -> list[ScoreResult]:
         """One merged batch of judgements, split over the live endpoints."""
-        live = [e for e in self.endpoints if e.down_until <= time.monotonic()] or self.endpoints
-        size = max(1, -(-len(seqs) // len(live)))
-        chunks = [list(seqs[i : i + size]) for i in range(0, len(seqs), size)]
+        chunks = self._split(seqs)
         done = await asyncio.gather(*(self._score_labels(c, batch_id) for c in chunks))
         out: list[ScoreResult] = []
         for chunk, read in zip(chunks, done, strict=True):
@@ -337,9 +342,7 @@ class HTTPBackend(Backend):
     async def _route_batch(self, jobs: Sequence[tuple[list[int], dict[str, Any]]], batch_id: int) -> list[Any]:
         """One engine batch, split over the live endpoints, one POST each. Never raises: a
         batch the servers did not answer comes back as that error for each of its requests."""
-        live = [e for e in self.endpoints if e.down_until <= time.monotonic()] or self.endpoints
-        size = max(1, -(-len(jobs) // len(live)))
-        chunks = [list(jobs[i : i + size]) for i in range(0, len(jobs), size)]
+        chunks = self._split(jobs)
         done = await asyncio.gather(*(self._route_post(c, batch_id) for c in chunks), return_exceptions=True)
         out: list[Any] = []
         for chunk, res in zip(chunks, done, strict=True):
