@@ -114,6 +114,7 @@ def start_sglang(model: str | Path, *, context_length: int = 256, name: str = "s
         "--attention-backend", "torch_native", "--dtype", "float32",
         "--context-length", str(context_length), "--max-total-tokens", "16384",
         "--disable-cuda-graph", "--random-seed", "0", "--log-level", "warning", "--enable-cache-report",
+        "--sleep-on-idle",  # else an idle server busy-polls a core: a second one would starve the first
     ]  # fmt: skip
     return Server(cmd, port, sglang_env(), name)
 

@@ -16,11 +16,11 @@ from omegaconf import OmegaConf
 from strategies import BestOfN, CoT
 from strategies.beam_search import BeamSearch
 from strategies.mcts import MCTS
-from ttc.backends.base import BackendError
+from ttc.backends.base import BackendError, EngineUnavailable
 from ttc.datasets import arith_problems
 from ttc.reference import POLICY_PATH, PRM_PATH
 from ttc.registry import BACKENDS, check_args, resolve
-from ttc.runner import read_records, run_queries, summarize
+from ttc.runner import run_queries, summarize
 from ttc.types import GenRequest, ScoreRequest
 from verifiers.math import equivalent
 from verifiers.prm import PRMVerifier
@@ -214,45 +214,12 @@ def test_cli_sends_the_prm_to_its_own_server(backend: Any, prm_server: Any, tmp_
 
 @pytest.mark.engine
 def test_a_killed_replica_loses_nothing_and_a_rerun_completes(replicas: Any, tmp_path: Path) -> None:
-    """Kill one of two replicas mid-run: its requests go to the other; then kill the run
-    itself and rerun into the same results file: every query ends up recorded once."""
+    from tests.faults import kill_a_replica_mid_run
     from ttc.backends.http import HTTPBackend
 
     a, b = replicas
     backend = HTTPBackend(str(POLICY_PATH), endpoints=[a.url, b.url], backoff_s=0.1, timeout_s=60)
-    problems = arith_problems(limit=24, steps=3, seed=8)
-    results = tmp_path / "results.jsonl"
-
-    async def first_run() -> None:
-        run = asyncio.create_task(
-            run_queries(problems, BestOfN(n=4, max_tokens=80), backend, grade, results_path=results,
-                        concurrency=8, progress=False)
-        )  # fmt: skip
-        while len(read_records(results)) < 4 and not run.done():
-            await asyncio.sleep(0.05)
-        dying = backend.endpoints[1]
-        assert dying.sent > 0, "the second replica took no requests before it died"
-        await asyncio.to_thread(b.kill)
-        # Let the requests that were in flight on the dead replica fail over first
-        # (a reset connection, or at worst the timeout), so the test does not race them.
-        while (len(read_records(results)) < 12 or dying.outstanding > 0) and not run.done():
-            await asyncio.sleep(0.05)
-        run.cancel()  # the run process dies too
-        with contextlib.suppress(asyncio.CancelledError):
-            await run
-
-    asyncio.run(first_run())
-    first = read_records(results)
-    assert 12 <= len(first) < len(problems)
-    assert all(r["error"] is None for r in first), [r["error"] for r in first if r["error"]]
-    assert backend.endpoints[1].errors > 0  # in-flight requests did meet the dead replica
-    redone = asyncio.run(
-        run_queries(problems, BestOfN(n=4, max_tokens=80), backend, grade, results_path=results, progress=False)
-    )
-    assert len(redone) == len(problems) - len(first)
-    final = read_records(results)
-    assert sorted(r["id"] for r in final) == sorted(p.id for p in problems)
-    assert all(r["error"] is None for r in final)
+    kill_a_replica_mid_run(backend, b, tmp_path / "results.jsonl")
 
 
 # -- retries, without a server --------------------------------------------------------------------
@@ -317,6 +284,61 @@ def test_no_live_replica_is_an_error_after_bounded_retries() -> None:
     b = _mock_backend(handler, max_retries=3)
     with pytest.raises(BackendError, match="after 4 attempts"):
         asyncio.run(b.generate([GenRequest(prompt="Q:1=?\n", max_tokens=4)]))
+
+
+def _sglang_outputs(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """What SGLang's /generate answers for a batch: one output per input, in order."""
+    return [
+        {"output_ids": [7] * p["max_new_tokens"], "meta_info": {
+            "prompt_tokens": len(ids), "cached_tokens": 0 if p["max_new_tokens"] == 0 else len(ids) - 1,
+            "completion_tokens": p["max_new_tokens"], "finish_reason": {"type": "length"}}}
+        for ids, p in zip(body["input_ids"], body["sampling_params"], strict=True)
+    ]  # fmt: skip
+
+
+def test_sglang_batches_go_whole_each_after_its_prefill_on_the_same_replica() -> None:
+    posts: list[tuple[str, dict[str, Any]]] = []
+
+    def handler(request: Any) -> Any:
+        body = json.loads(request.content)
+        posts.append((request.url.host, body))
+        return httpx.Response(200, json=_sglang_outputs(body))
+
+    b = _mock_backend(handler, api="sglang")
+    assert b.uses_route and b.block_size == 1
+
+    async def many() -> list[Any]:
+        calls = [b.generate([GenRequest(prompt=f"Q:{k}+1=?\n", n=2, max_tokens=3)]) for k in range(8)]
+        return [r for rs in await asyncio.gather(*calls) for r in rs]
+
+    results = asyncio.run(many())
+    assert all([c.token_ids for c in r.completions] == [[7, 7, 7]] * 2 for r in results)
+    assert len({r.batch_id for r in results}) == 1
+    assert all(r.cached_tokens == 0 for r in results)  # as the prefill found the cache, not after it
+    for host in ("replica-a", "replica-b"):  # half the batch each: its 4 prompts prefilled, then its 8 copies
+        prefill, batch = [body for h, body in posts if h == host]
+        assert [p["max_new_tokens"] for p in prefill["sampling_params"]] == [0] * 4
+        assert len(batch["input_ids"]) == 8 and {tuple(i) for i in batch["input_ids"]} == set(
+            map(tuple, prefill["input_ids"])
+        )
+
+
+def test_sglang_batches_fail_whole_when_no_replica_answers() -> None:
+    attempts: list[str] = []
+
+    def handler(request: Any) -> Any:
+        attempts.append(request.url.host)
+        raise httpx.ConnectError("refused")
+
+    b = _mock_backend(handler, api="sglang", max_retries=1)
+
+    async def many() -> list[Any]:
+        calls = [b.generate([GenRequest(prompt=f"Q:{k}=?\n", max_tokens=3)]) for k in range(8)]
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    outs = asyncio.run(many())
+    assert all(isinstance(o, EngineUnavailable) for o in outs)
+    assert len(attempts) == 4  # two halves, two attempts each; not again job by job
 
 
 def test_busy_time_is_shared_by_weight_and_adds_up() -> None:

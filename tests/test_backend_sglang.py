@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -167,18 +168,26 @@ def test_closing_the_prm_engine_leaves_the_policy_engine_running(policy: Any) ->
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[Any]:
+def servers() -> Iterator[Any]:
+    """The policy's and the PRM's servers (with --sleep-on-idle, the idle one leaves its core alone)."""
     from tests.servers import running, start_sglang
 
-    with running(start_sglang(POLICY_PATH)) as (srv,):
-        yield srv
+    with running(start_sglang(POLICY_PATH), start_sglang(PRM_PATH, name="sglang-prm")) as pair:
+        yield pair
 
 
-@pytest.mark.parametrize("api", ["sglang", "openai"])
-def test_http_backend_on_the_sglang_server(server: Any, api: str) -> None:
+def _http(url: str, mode: str, path: Any = POLICY_PATH) -> Any:
     from ttc.backends.http import HTTPBackend
 
-    backend = HTTPBackend(str(POLICY_PATH), endpoints=[server.url], api=api)
+    backend = HTTPBackend(str(path), endpoints=[url], api="openai" if mode == "openai" else "sglang",
+                          batch_route=mode == "batched")  # fmt: skip
+    assert backend.uses_route is (mode == "batched")
+    return backend
+
+
+@pytest.mark.parametrize("mode", ["batched", "one call each", "openai"])
+def test_http_backend_on_the_sglang_server(servers: Any, mode: str) -> None:
+    backend = _http(servers[0].url, mode)
     assert backend.block_size == 1 and backend.max_model_len == 256
     req = GenRequest(prompt="Q:12+7*3-5=?\n", n=3, stop=["\n"], max_tokens=40, logprobs=True)
     (res,) = asyncio.run(backend.generate([req]))
@@ -191,7 +200,7 @@ def test_http_backend_on_the_sglang_server(server: Any, api: str) -> None:
     asyncio.run(backend.generate([GenRequest(prompt=prompt, max_tokens=2)]))
     (again,) = asyncio.run(backend.generate([GenRequest(prompt=prompt, max_tokens=2)]))
     assert again.cached_tokens == len(again.prompt_token_ids) - 1
-    if api == "sglang":
+    if mode != "openai":
         (sc,) = asyncio.run(backend.score([ScoreRequest(prompt="Q:12+7=?\n", continuation="12+7=19\n")]))
         want = hf_logprobs(POLICY_PATH, sc.prompt_token_ids, len(sc.prompt_token_ids) - len("12+7=19\n"))
         assert sc.token_logprobs == pytest.approx(want, abs=2e-3)
@@ -199,19 +208,56 @@ def test_http_backend_on_the_sglang_server(server: Any, api: str) -> None:
     assert all(r["error"] is None for r in records)
 
 
-def test_tree_search_through_the_sglang_server(server: Any) -> None:
-    """Beam search and MCTS with the policy behind SGLang's server (native API) and the PRM
-    in process on the transformers backend: a second SGLang scheduler would busy-poll the
-    second core, starving the server on a 2-core machine."""
-    from ttc.backends.hf import HFBackend
+def test_concurrent_calls_reach_the_server_as_one_batch_and_sample_as_in_process(servers: Any, policy: Any) -> None:
+    """Six coroutines' requests (greedy, n=2 each) in one POST, after one prefill of their
+    prompts; the server's outputs are the in-process engine's, token for token."""
+    backend = _http(servers[0].url, "batched")
+    reqs = [GenRequest(prompt=f"Q:9{a}*{a}-9{a}=?\n", n=2, temperature=0.0, max_tokens=24) for a in range(6)]
+
+    async def concurrently(b: Any) -> list[Any]:
+        return [r for (r,) in await asyncio.gather(*(b.generate([q]) for q in reqs))]
+
+    served = asyncio.run(concurrently(backend))
+    assert backend.endpoints[0].sent == 2  # the shared prompts' prefill, then the batch
+    assert len({r.batch_id for r in served}) == 1
+    # Cached tokens are what the cache held before the request (the prompts are new), not after the prefill.
+    assert all(r.cached_tokens < len(r.prompt_token_ids) // 2 for r in served)
+    local = asyncio.run(policy.generate(reqs))
+    tokens = [[c.token_ids for c in r.completions] for r in served]
+    assert tokens == [[c.token_ids for c in r.completions] for r in local]
+    one_each = _http(servers[0].url, "one call each")
+    assert asyncio.run(concurrently(one_each)) and one_each.endpoints[0].sent == 2 * len(reqs)
+    backend.close()
+    one_each.close()
+
+
+def test_tree_search_through_sglang_servers_with_the_prm_on_its_own(servers: Any) -> None:
+    """Beam search and MCTS with the policy and the PRM each behind its own SGLang server,
+    sent in merged batches and one strategy call at a time."""
+    posts = {}
+    for mode in ("batched", "one call each"):
+        backend, prm = _http(servers[0].url, mode), _http(servers[1].url, mode, PRM_PATH)
+        v, problems = PRMVerifier(prm), arith_problems(limit=4, steps=3, seed=13)
+        for strategy in (BeamSearch(n=4, width=2, verifier=v), MCTS(simulations=6, branching=2, verifier=v)):
+            s = summarize(asyncio.run(run_queries(problems, strategy, backend, grade, progress=False)))
+            assert s["errors"] == 0 and s["verifier_tokens"] > 0, (mode, strategy.name)
+            # Token-granular radix cache: each branch's parent prefix is served from it.
+            assert s["cached_tokens"] >= 0.8 * s["ideal_cached_tokens_token"], (mode, strategy.name, s)
+        posts[mode] = (backend.endpoints[0].sent, prm.endpoints[0].sent)
+        backend.close()
+        prm.close()
+    # Four queries in flight, in step: batched, each step's calls of all of them share a POST.
+    (gen, judge), (gen_each, judge_each) = posts["batched"], posts["one call each"]
+    assert 3 * gen <= gen_each and 3 * judge <= judge_each, posts
+
+
+def test_a_killed_sglang_replica_loses_nothing_and_a_rerun_completes(servers: Any, tmp_path: Path) -> None:
+    """A second policy replica beside the first, killed mid-run: its batches go to the first."""
+    from tests.faults import kill_a_replica_mid_run
+    from tests.servers import running, start_sglang
     from ttc.backends.http import HTTPBackend
 
-    backend = HTTPBackend(str(POLICY_PATH), endpoints=[server.url], api="sglang")
-    verifier = PRMVerifier(HFBackend(str(PRM_PATH), device="cpu", dtype="float32"))
-    problems = arith_problems(limit=4, steps=3, seed=13)
-    for strategy in (BeamSearch(n=4, width=2, verifier=verifier), MCTS(simulations=6, branching=2, verifier=verifier)):
-        s = summarize(asyncio.run(run_queries(problems, strategy, backend, grade, progress=False)))
-        assert s["errors"] == 0 and s["verifier_tokens"] > 0, strategy.name
-        # Token-granular radix cache: each branch's parent prefix is served from it.
-        assert s["cached_tokens"] >= 0.8 * s["ideal_cached_tokens_token"], (strategy.name, s)
-    backend.close()
+    with running(start_sglang(POLICY_PATH, name="sglang-b")) as (second,):
+        backend = HTTPBackend(str(POLICY_PATH), endpoints=[servers[0].url, second.url], api="sglang",
+                              backoff_s=0.1, timeout_s=60)  # fmt: skip
+        kill_a_replica_mid_run(backend, second, tmp_path / "results.jsonl")

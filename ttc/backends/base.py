@@ -12,6 +12,10 @@ class BackendError(RuntimeError):
     """A request the engine refused (e.g. a prompt longer than the context)."""
 
 
+class EngineUnavailable(BackendError):
+    """No engine could take a batch at all (every replica down), as against one request refused."""
+
+
 class Backend(ABC):
     """One engine. Strategies call ``generate`` and ``score`` from many coroutines
     at once; the backend gets their requests to the engine together.

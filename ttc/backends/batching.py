@@ -16,6 +16,8 @@ import itertools
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
+from ttc.backends.base import EngineUnavailable
+
 J = TypeVar("J")
 R = TypeVar("R")
 
@@ -58,6 +60,11 @@ class MicroBatcher(Generic[J, R]):
             jobs = [j for j, _ in batch]
             try:
                 results = await self._run(jobs)
+            except EngineUnavailable as exc:  # no engine to run any of them: rerunning one by one won't help
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
             except Exception:
                 results = None
             if results is not None:
@@ -75,3 +82,14 @@ class MicroBatcher(Generic[J, R]):
                 else:
                     if not fut.done():
                         fut.set_result(res)
+
+
+class OnItsOwn(Generic[J, R]):
+    """``MicroBatcher``'s interface without the merging: each call's jobs are a batch of their own."""
+
+    def __init__(self, run_batch: Callable[[Sequence[J], int], Awaitable[list[R]]]) -> None:
+        self._run_batch = run_batch
+        self._ids = itertools.count(1)
+
+    async def submit(self, jobs: Sequence[J]) -> list[R]:
+        return await self._run_batch(jobs, next(self._ids))

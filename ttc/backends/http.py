@@ -7,10 +7,11 @@ in-process engines. Several ``endpoints`` (replicas of one model) share the load
 by least outstanding tokens; a request that meets a dead replica, a 429 or a 503
 is retried with exponential backoff, on another replica where there is one.
 
-Against a vLLM server started with ttc's batch route (``--middleware
-ttc.backends.vllm_route.batch_generate``), every engine batch goes in one POST with each
-request's own sampling settings and seed, as in process; without it, one request per
-``/v1/completions`` call.
+Whole engine batches go in one POST, as in process, where the server takes them: SGLang's
+``/generate`` takes lists (the in-process SGLang backend's own batches,
+``ttc.backends.sglang``), and a vLLM server started with ttc's batch route (``--middleware
+ttc.backends.vllm_route.batch_generate``) takes a list with each request's own sampling
+settings and seed. Otherwise, one request per ``/v1/completions`` call.
 
 Device time. Neither server exports an engine-busy counter (vLLM's ``/metrics``
 has per-request latency histograms, which overlap under continuous batching), so
@@ -32,8 +33,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
-from ttc.backends.base import Backend, BackendError, apportion
-from ttc.backends.batching import MicroBatcher
+from ttc.backends.base import Backend, BackendError, EngineUnavailable, apportion
+from ttc.backends.batching import MicroBatcher, OnItsOwn
+from ttc.backends.sglang import (
+    Batches,
+    Job,
+    Served,
+    account,
+    batch_payload,
+    generate_batched,
+    prefill_payload,
+    score_batched,
+    shared_prompts,
+)
 from ttc.backends.vllm_route import PATH as ROUTE_PATH
 from ttc.types import Completion, GenRequest, GenResult, ScoreRequest, ScoreResult
 
@@ -117,9 +129,9 @@ class HTTPBackend(Backend):
 
         ``block_size`` is the server's prefix-cache block (null: read from vLLM's
         ``/metrics``, 1 for SGLang's radix cache); ``max_model_len`` is capped by what
-        the server reports. ``batch_route``: send whole batches through ttc's route on vLLM
-        servers (``ttc.backends.vllm_route``): null uses it where the server has it, true
-        requires it, false never uses it.
+        the server reports. ``batch_route``: send whole engine batches in one POST (SGLang's
+        ``/generate``; ttc's route on vLLM servers, ``ttc.backends.vllm_route``): null does
+        where the server can, true requires it, false sends each strategy call on its own.
         """
         from transformers import AutoConfig, AutoTokenizer
 
@@ -147,15 +159,18 @@ class HTTPBackend(Backend):
         lens = [x for x in (max_model_len, server_len) if x]
         self.max_model_len = min(lens) if lens else None
         self.block_size = block_size or info.get("block_size") or (1 if api == "sglang" else 16)
-        has_route = api == "openai" and bool(info.get("route"))
+        has_route = api == "sglang" or bool(info.get("route"))
         if batch_route and not has_route:
             raise BackendError(
                 f"http backend: batch_route=true but {endpoints[0]} has no {ROUTE_PATH}; start vLLM's server "
-                "with --middleware ttc.backends.vllm_route.batch_generate"
+                "with --middleware ttc.backends.vllm_route.batch_generate (or use api: sglang on SGLang's server)"
             )
         self.uses_route = has_route and batch_route is not False
         # Results are dicts, or the exception that a request (or its whole POST) met.
         self._routed: MicroBatcher[tuple[list[int], dict[str, Any]], Any] = MicroBatcher(self._route_batch)
+        self._sglang: Batches = (
+            MicroBatcher(self._sglang_batch) if self.uses_route else OnItsOwn(self._sglang_batch)
+        )
 
     # -- discovery -----------------------------------------------------------------------
     def _probe(self, served_model_name: str | None) -> dict[str, Any]:
@@ -196,14 +211,19 @@ class HTTPBackend(Backend):
             self._loop_state = (loop, client, asyncio.Semaphore(self.max_concurrency))
         return self._loop_state[1], self._loop_state[2]
 
-    def _pick(self, avoid: Endpoint | None) -> Endpoint:
-        """The live endpoint with the fewest outstanding tokens, other than the one that just failed."""
+    def _pick(self, avoid: Endpoint | None, prefer: Endpoint | None = None) -> Endpoint:
+        """``prefer`` if it is up, else the live endpoint with the fewest outstanding tokens, other
+        than the one that just failed."""
         now = time.monotonic()
+        if prefer is not None and prefer is not avoid and prefer.down_until <= now:
+            return prefer
         live = [e for e in self.endpoints if e.down_until <= now] or self.endpoints
         others = [e for e in live if e is not avoid] or live
         return min(others, key=lambda e: (e.down_until > now, e.outstanding, random.random()))
 
-    async def _post(self, path: str, payload: dict[str, Any], weight: float) -> tuple[dict[str, Any], float]:
+    async def _post(
+        self, path: str, payload: dict[str, Any], weight: float, prefer: Endpoint | None = None
+    ) -> tuple[Any, float]:
         """POST with retries; the parsed body and this request's device-seconds on the server that answered."""
         import httpx
 
@@ -215,7 +235,7 @@ class HTTPBackend(Backend):
             for attempt in range(self.max_retries + 1):
                 if attempt:
                     await asyncio.sleep(min(30.0, self.backoff_s * 2 ** (attempt - 1)) * (0.5 + random.random()))
-                ep = self._pick(failed)
+                ep = self._pick(failed, prefer)
                 ep.sent += 1
                 ep.outstanding += weight
                 mark = ep.clock.start(weight)
@@ -240,10 +260,12 @@ class HTTPBackend(Backend):
                 ep.failures = 0
                 ep.served += 1
                 return body, spent * self.num_devices
-        raise BackendError(f"{path}: no endpoint answered after {self.max_retries + 1} attempts ({last!r})")
+        raise EngineUnavailable(f"{path}: no endpoint answered after {self.max_retries + 1} attempts ({last!r})")
 
     # -- protocol --------------------------------------------------------------------------
     async def generate(self, requests: list[GenRequest]) -> list[GenResult]:
+        if self.api == "sglang":
+            return await generate_batched(self, self._sglang, requests)
         batch_id = next(self._batch_ids)
         prompts = []
         for r in requests:
@@ -257,16 +279,13 @@ class HTTPBackend(Backend):
         return list(await asyncio.gather(*(self._generate_one(ids, r, batch_id) for ids, r in pairs)))
 
     async def _generate_one(self, ids: list[int], r: GenRequest, batch_id: int) -> GenResult:
-        weight = len(ids) + r.n * r.max_tokens
-        if self.api == "openai":
-            body, seconds = await self._post("/v1/completions", self._openai_gen(ids, r), weight)
-            result = self._openai_result(body, ids, r.logprobs)
-        else:
-            body, seconds = await self._post("/generate", self._sglang_gen(ids, r), weight)
-            result = self._sglang_result(body, ids, r.logprobs)
+        body, seconds = await self._post("/v1/completions", self._openai_gen(ids, r), len(ids) + r.n * r.max_tokens)
+        result = self._openai_result(body, ids, r.logprobs)
         return result.model_copy(update={"batch_id": batch_id, "engine_seconds": seconds})
 
     async def score(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
+        if self.api == "sglang":
+            return await score_batched(self, self._sglang, requests)
         batch_id = next(self._batch_ids)
         seqs = []
         for r in requests:
@@ -277,7 +296,7 @@ class HTTPBackend(Backend):
             seqs.append((prompt + cont, len(prompt)))
         if self.uses_route:
             return await self._route_scores(seqs)
-        if self.api == "openai" and self._label_reads and all(len(ids) - start == 1 for ids, start in seqs):
+        if self._label_reads and all(len(ids) - start == 1 for ids, start in seqs):
             # A server answers many small requests far slower than one large one (each
             # costs it milliseconds of CPU): judgements of all queries in flight go together.
             return await self._labels.submit(seqs)
@@ -393,29 +412,17 @@ class HTTPBackend(Backend):
         return results
 
     async def _score_one(self, ids: list[int], start: int, batch_id: int) -> ScoreResult:
-        if self.api == "openai":
-            payload = self._with_model(
-                {"prompt": ids, "max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 0, "return_token_ids": True}
-            )
-            body, seconds = await self._post("/v1/completions", payload, len(ids) + 1)
-            choice = body["choices"][0]
-            # prompt_logprobs: one {token_id: {logprob, ...}} per prompt position (None for the first).
-            lps = [float(choice["prompt_logprobs"][i][str(ids[i])]["logprob"]) for i in range(start, len(ids))]
-            cached = cached_of(body.get("usage"))
-        else:
-            payload = {
-                "input_ids": ids,
-                "sampling_params": {"max_new_tokens": 0, "temperature": 0.0},
-                "return_logprob": True,
-                "logprob_start_len": start - 1,  # the entry at logprob_start_len itself comes back empty
-            }
-            body, seconds = await self._post("/generate", payload, len(ids))
-            meta = first(body)["meta_info"]
-            lps = input_logprobs(meta, len(ids) - start)
-            cached = int(meta.get("cached_tokens") or 0)
-        return ScoreResult(
-            token_logprobs=lps, prompt_token_ids=ids, cached_tokens=cached, batch_id=batch_id, engine_seconds=seconds
+        payload = self._with_model(
+            {"prompt": ids, "max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 0, "return_token_ids": True}
         )
+        body, seconds = await self._post("/v1/completions", payload, len(ids) + 1)
+        choice = body["choices"][0]
+        # prompt_logprobs: one {token_id: {logprob, ...}} per prompt position (None for the first).
+        lps = [float(choice["prompt_logprobs"][i][str(ids[i])]["logprob"]) for i in range(start, len(ids))]
+        return ScoreResult(
+            token_logprobs=lps, prompt_token_ids=ids, cached_tokens=cached_of(body.get("usage")),
+            batch_id=batch_id, engine_seconds=seconds,
+        )  # fmt: skip
 
     # -- OpenAI completions (vLLM, SGLang) ---------------------------------------------------
     def _with_model(self, payload: dict[str, Any]) -> dict[str, Any]:
@@ -460,29 +467,21 @@ class HTTPBackend(Backend):
             )
         return GenResult(prompt_token_ids=ids, cached_tokens=cached_of(body.get("usage")), completions=completions)
 
-    # -- SGLang native /generate --------------------------------------------------------------
-    def _sglang_gen(self, ids: list[int], r: GenRequest) -> dict[str, Any]:
-        params: dict[str, Any] = {
-            "n": r.n,
-            "temperature": r.temperature,
-            "top_p": r.top_p,
-            "max_new_tokens": r.max_tokens,
-            "no_stop_trim": True,
-        }
-        if r.stop:
-            params["stop"] = r.stop
-        if r.seed is not None:
-            params["sampling_seed"] = r.seed  # honoured only with deterministic inference on
-        return {"input_ids": ids, "sampling_params": params, "return_logprob": r.logprobs}
+    # -- SGLang's /generate: the in-process SGLang backend's batches, over HTTP --------------------
+    async def _sglang_batch(self, jobs: Sequence[Job], batch_id: int) -> list[Served]:
+        """One engine batch, split over the live endpoints; each part's shared prompts are
+        prefilled first on the endpoint that then serves it (see ``shared_prompts``)."""
+        parts = await asyncio.gather(*(self._sglang_post(chunk, batch_id) for chunk in self._split(jobs)))
+        return [served for part in parts for served in part]
 
-    def _sglang_result(self, body: Any, ids: list[int], want_logprobs: bool) -> GenResult:
-        outs = body if isinstance(body, list) else [body]
-        return GenResult(
-            prompt_token_ids=ids,
-            # The radix cache is consulted per sample; the first one sees the prompt as the request found it.
-            cached_tokens=int(outs[0]["meta_info"].get("cached_tokens") or 0) if outs else 0,
-            completions=[sglang_completion(o, self.tokenizer, want_logprobs) for o in outs],
-        )
+    async def _sglang_post(self, jobs: list[Job], batch_id: int) -> list[Served]:
+        ep = self._pick(None)
+        weight = sum(len(ids) + p.get("max_new_tokens", 0) for ids, p, _ in jobs)
+        shared, warm, seconds = shared_prompts(jobs), [], 0.0
+        if shared:
+            warm, seconds = await self._post("/generate", prefill_payload(shared), sum(map(len, shared)), ep)
+        outs, more = await self._post("/generate", batch_payload(jobs), weight, ep)
+        return account(jobs, outs, dict(zip(map(tuple, shared), warm, strict=True)), seconds + more, batch_id)
 
     def close(self) -> None:
         self._loop_state = None
@@ -516,35 +515,6 @@ def route_gen_result(out: Any, want_logprobs: bool) -> GenResult:
         prompt_token_ids=out["prompt_token_ids"], cached_tokens=out["num_cached_tokens"], completions=completions,
         batch_id=out["batch_id"], engine_seconds=out["seconds"],
     )  # fmt: skip
-
-
-def sglang_completion(out: dict[str, Any], tokenizer: Any, want_logprobs: bool) -> Completion:
-    """A ``Completion`` from one SGLang output (the engine's and the server's have one shape)."""
-    meta = out["meta_info"]
-    token_ids = list(out.get("output_ids") or [])
-    lps = [float(e[0]) for e in meta.get("output_token_logprobs") or []]
-    finish = meta.get("finish_reason") or {}
-    reason = finish.get("type", "stop") if isinstance(finish, dict) else str(finish)
-    return Completion(
-        token_ids=token_ids,
-        text=tokenizer.decode(token_ids, skip_special_tokens=True),
-        cumulative_logprob=math.fsum(lps) if lps else None,
-        logprobs=lps if want_logprobs and lps else None,
-        finish_reason=str(reason),
-    )
-
-
-def input_logprobs(meta: dict[str, Any], count: int) -> list[float]:
-    """The last ``count`` prompt-token log-probabilities of an SGLang output's ``meta_info``
-    (entries are ``[logprob, token_id, text]``)."""
-    entries = (meta.get("input_token_logprobs") or [])[-count:] if count else []
-    if len(entries) != count or any(e[0] is None for e in entries):
-        raise BackendError(f"sglang returned {len(entries)} usable log-probabilities for {count} tokens")
-    return [float(e[0]) for e in entries]
-
-
-def first(body: Any) -> dict[str, Any]:
-    return body[0] if isinstance(body, list) else body
 
 
 def cached_of(usage: dict[str, Any] | None) -> int:

@@ -17,6 +17,7 @@ kernels; docs/backends.md says how the tests run it without them.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import time
 from collections import Counter
@@ -24,14 +25,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from ttc.backends.base import Backend, BackendError, apportion
-from ttc.backends.batching import MicroBatcher
-from ttc.backends.http import input_logprobs, sglang_completion
-from ttc.types import GenRequest, GenResult, ScoreRequest, ScoreResult
+from ttc.backends.batching import MicroBatcher, OnItsOwn
+from ttc.types import Completion, GenRequest, GenResult, ScoreRequest, ScoreResult
 
 # One engine request: token ids, sampling params, and where its logprobs start (None: no logprobs).
 Job = tuple[list[int], dict[str, Any], int | None]
 # Its output, batch id, device-seconds, and the prompt tokens the cache held before it.
 Served = tuple[dict[str, Any], int, float, int]
+# Where jobs go: merged with other coroutines' into engine batches, or each call on its own.
+Batches = MicroBatcher[Job, Served] | OnItsOwn[Job, Served]
 
 
 def on_cpu() -> bool:
@@ -52,7 +54,9 @@ def build_engine(model: str, seed: int = 0, **engine: Any) -> Any:
             )
         # CUDA graphs and the GPU attention kernels do not exist here; the default memory
         # fraction would size the KV pool from host RAM (gigabytes, seconds of start-up).
-        settings.update(device="cpu", attention_backend="torch_native", disable_cuda_graph=True)
+        # An idle scheduler busy-polls a core: on a few cores, an idle PRM engine would take
+        # one from the policy's (and the policy's from the PRM's while it judges).
+        settings.update(device="cpu", attention_backend="torch_native", disable_cuda_graph=True, sleep_on_idle=True)
         settings["max_total_tokens"] = engine.pop("max_total_tokens", None) or 65536
     settings.update({k: v for k, v in engine.items() if v is not None})
     try:
@@ -139,108 +143,22 @@ class SGLangBackend(Backend):
 
     # -- engine side (worker thread) ------------------------------------------------------
     def _run(self, jobs: Sequence[Job], batch_id: int) -> list[Served]:
-        """One engine batch; each job's output, batch id, share of the busy time, and the
-        prompt tokens the cache held before it."""
+        """One engine batch (see ``shared_prompts`` for the prefill that goes first)."""
         start = time.perf_counter()
         # The engine runs its own event loop to completion in this thread; the
         # batcher never runs two batches at once, so that loop is never re-entered.
-        warm = self._prefill_shared_prompts(jobs)
-        outs = self.llm.generate(
-            input_ids=[ids for ids, _, _ in jobs],
-            sampling_params=[params for _, params, _ in jobs],
-            return_logprob=[lp is not None for _, _, lp in jobs],
-            logprob_start_len=[lp if lp is not None else -1 for _, _, lp in jobs],
-        )
+        shared = shared_prompts(jobs)
+        warm = self.llm.generate(**prefill_payload(shared)) if shared else []
+        outs = self.llm.generate(**batch_payload(jobs))
         busy = (time.perf_counter() - start) * self.num_devices
-        computed, cached_before, charged = [], [], set()
-        for (ids, _, _), o in zip(jobs, outs, strict=True):
-            meta, key = o["meta_info"], tuple(ids)
-            work = meta["prompt_tokens"] - (meta.get("cached_tokens") or 0) + meta["completion_tokens"]
-            hit = int(meta.get("cached_tokens") or 0)
-            if key in warm:  # the cache as the prefill found it; its work goes to the first copy
-                hit = int(warm[key].get("cached_tokens") or 0)
-                if key not in charged:
-                    work += warm[key]["prompt_tokens"] - hit
-                    charged.add(key)
-            computed.append(work)
-            cached_before.append(hit)
-        shares = apportion(busy, computed)
-        return [(o, batch_id, s, c) for o, s, c in zip(outs, shares, cached_before, strict=True)]
-
-    def _prefill_shared_prompts(self, jobs: Sequence[Job]) -> dict[tuple[int, ...], dict[str, Any]]:
-        """Prefill each prompt sent more than once (n copies, or siblings) on its own first.
-
-        SGLang schedules copies of a prompt that is not cached yet into one prefill
-        batch, and each computes it (bar its in-batch heuristic, for long shared prefixes
-        only); SGLang's ``n`` and its frontend's ``fork`` prefill the prefix first for the
-        same reason. Afterwards every copy finds the prompt in the radix cache.
-        """
-        counts = Counter(tuple(ids) for ids, params, _ in jobs if params.get("max_new_tokens", 1) > 0)
-        shared = [list(k) for k, c in counts.items() if c > 1]
-        if not shared:
-            return {}
-        outs = self.llm.generate(input_ids=shared, sampling_params=[{"max_new_tokens": 0} for _ in shared])
-        return {tuple(ids): o["meta_info"] for ids, o in zip(shared, outs, strict=True)}
+        return account(jobs, outs, dict(zip(map(tuple, shared), warm, strict=True)), busy, batch_id)
 
     # -- protocol ---------------------------------------------------------------------------
     async def generate(self, requests: list[GenRequest]) -> list[GenResult]:
-        jobs: list[Job] = []
-        prompts = []
-        for r in requests:
-            ids = self.encode(r.prompt)
-            self.check_length(ids, r.max_tokens)
-            prompts.append(ids)
-            for i in range(r.n):
-                params: dict[str, Any] = {
-                    "temperature": r.temperature,
-                    "top_p": r.top_p,
-                    "max_new_tokens": r.max_tokens,
-                    "stop": r.stop or None,
-                    "no_stop_trim": True,
-                }
-                if r.seed is not None:
-                    params["sampling_seed"] = r.seed + i  # distinct copies when deterministic inference is on
-                jobs.append((ids, params, len(ids) if r.logprobs else None))
-        outs = await self._batcher.submit(jobs)
-        results, k = [], 0
-        for r, ids in zip(requests, prompts, strict=True):
-            mine, k = outs[k : k + r.n], k + r.n
-            results.append(
-                GenResult(
-                    prompt_token_ids=ids,
-                    cached_tokens=min((c for _, _, _, c in mine), default=0),
-                    completions=[sglang_completion(o, self.tokenizer, r.logprobs) for o, _, _, _ in mine],
-                    batch_id=mine[0][1] if mine else 0,
-                    engine_seconds=sum(s for _, _, s, _ in mine),
-                )
-            )
-        return results
+        return await generate_batched(self, self._batcher, requests)
 
     async def score(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
-        jobs: list[Job] = []
-        for r in requests:
-            prompt, cont = self.encode(r.prompt), self.encode_continuation(r.continuation)
-            if not cont or not prompt:
-                raise BackendError("score needs a non-empty prompt and continuation")
-            ids = prompt + cont
-            self.check_length(ids)
-            # A prefill only. SGLang leaves the logprob at logprob_start_len itself empty,
-            # so the span starts one token early.
-            jobs.append((ids, {"max_new_tokens": 0, "temperature": 0.0}, len(prompt) - 1))
-        outs = await self._batcher.submit(jobs)
-        results = []
-        for (ids, _, first), (o, b, s, c) in zip(jobs, outs, strict=True):
-            assert first is not None
-            results.append(
-                ScoreResult(
-                    token_logprobs=input_logprobs(o["meta_info"], len(ids) - first - 1),
-                    prompt_token_ids=ids,
-                    cached_tokens=c,
-                    batch_id=b,
-                    engine_seconds=s,
-                )
-            )
-        return results
+        return await score_batched(self, self._batcher, requests)
 
     def close(self) -> None:
         """Stop this engine's processes, and only them.
@@ -265,3 +183,149 @@ class SGLangBackend(Backend):
             with contextlib.suppress(psutil.NoSuchProcess):
                 proc.kill()
         psutil.wait_procs(procs, timeout=30)
+
+
+# -- SGLang's batched generate: shared by the in-process engine and the server's /generate ------
+
+
+def generate_jobs(backend: Backend, requests: list[GenRequest]) -> tuple[list[Job], list[list[int]]]:
+    """One job per sample (a request for ``n`` is ``n`` copies: SGLang's ``n`` must be equal
+    across a batch), and each request's prompt ids."""
+    jobs: list[Job] = []
+    prompts = []
+    for r in requests:
+        ids = backend.encode(r.prompt)
+        backend.check_length(ids, r.max_tokens)
+        prompts.append(ids)
+        for i in range(r.n):
+            params: dict[str, Any] = {
+                "temperature": r.temperature,
+                "top_p": r.top_p,
+                "max_new_tokens": r.max_tokens,
+                "stop": r.stop or None,
+                "no_stop_trim": True,
+            }
+            if r.seed is not None:
+                params["sampling_seed"] = r.seed + i  # distinct copies when deterministic inference is on
+            jobs.append((ids, params, len(ids) if r.logprobs else None))
+    return jobs, prompts
+
+
+async def generate_batched(backend: Backend, batcher: Batches, requests: list[GenRequest]) -> list[GenResult]:
+    jobs, prompts = generate_jobs(backend, requests)
+    outs = await batcher.submit(jobs)
+    results, k = [], 0
+    for r, ids in zip(requests, prompts, strict=True):
+        mine, k = outs[k : k + r.n], k + r.n
+        results.append(
+            GenResult(
+                prompt_token_ids=ids,
+                cached_tokens=min((c for _, _, _, c in mine), default=0),
+                completions=[sglang_completion(o, backend.tokenizer, r.logprobs) for o, _, _, _ in mine],
+                batch_id=mine[0][1] if mine else 0,
+                engine_seconds=sum(s for _, _, s, _ in mine),
+            )
+        )
+    return results
+
+
+async def score_batched(backend: Backend, batcher: Batches, requests: list[ScoreRequest]) -> list[ScoreResult]:
+    jobs: list[Job] = []
+    for r in requests:
+        prompt, cont = backend.encode(r.prompt), backend.encode_continuation(r.continuation)
+        if not cont or not prompt:
+            raise BackendError("score needs a non-empty prompt and continuation")
+        ids = prompt + cont
+        backend.check_length(ids)
+        # A prefill only. SGLang leaves the logprob at logprob_start_len itself empty,
+        # so the span starts one token early.
+        jobs.append((ids, {"max_new_tokens": 0, "temperature": 0.0}, len(prompt) - 1))
+    outs = await batcher.submit(jobs)
+    results = []
+    for (ids, _, first), (o, b, s, c) in zip(jobs, outs, strict=True):
+        assert first is not None
+        results.append(
+            ScoreResult(
+                token_logprobs=input_logprobs(o["meta_info"], len(ids) - first - 1),
+                prompt_token_ids=ids,
+                cached_tokens=c,
+                batch_id=b,
+                engine_seconds=s,
+            )
+        )
+    return results
+
+
+def batch_payload(jobs: Sequence[Job]) -> dict[str, Any]:
+    """``Engine.generate``'s keywords, and the JSON body of the server's ``/generate``, for a batch."""
+    return {
+        "input_ids": [ids for ids, _, _ in jobs],
+        "sampling_params": [params for _, params, _ in jobs],
+        "return_logprob": [lp is not None for _, _, lp in jobs],
+        "logprob_start_len": [lp if lp is not None else -1 for _, _, lp in jobs],
+    }
+
+
+def shared_prompts(jobs: Sequence[Job]) -> list[list[int]]:
+    """The prompts a batch generates from more than once (n copies, or siblings).
+
+    SGLang schedules copies of a prompt that is not cached yet into one prefill
+    batch, and each computes it (bar its in-batch heuristic, for long shared prefixes
+    only); SGLang's ``n`` and its frontend's ``fork`` prefill the prefix first for the
+    same reason. Prefilled on their own first, every copy finds them in the radix cache.
+    """
+    counts = Counter(tuple(ids) for ids, params, _ in jobs if params.get("max_new_tokens", 1) > 0)
+    return [list(k) for k, c in counts.items() if c > 1]
+
+
+def prefill_payload(prompts: list[list[int]]) -> dict[str, Any]:
+    return {"input_ids": prompts, "sampling_params": [{"max_new_tokens": 0} for _ in prompts]}
+
+
+def account(
+    jobs: Sequence[Job], outs: list[dict[str, Any]], warm: dict[tuple[int, ...], Any], busy: float, batch_id: int
+) -> list[Served]:
+    """Each job's output, batch id, share of the busy time (by tokens computed), and the
+    prompt tokens the cache held before it; ``warm``: the prefill outputs of ``shared_prompts``."""
+    if len(outs) != len(jobs):
+        raise BackendError(f"sglang answered {len(outs)} outputs for {len(jobs)} requests")
+    computed, cached_before, charged = [], [], set()
+    for (ids, _, _), o in zip(jobs, outs, strict=True):
+        meta, key = o["meta_info"], tuple(ids)
+        work = meta["prompt_tokens"] - (meta.get("cached_tokens") or 0) + meta["completion_tokens"]
+        hit = int(meta.get("cached_tokens") or 0)
+        if key in warm:  # the cache as the prefill found it; its work goes to the first copy
+            prefill = warm[key]["meta_info"]
+            hit = int(prefill.get("cached_tokens") or 0)
+            if key not in charged:
+                work += prefill["prompt_tokens"] - hit
+                charged.add(key)
+        computed.append(work)
+        cached_before.append(hit)
+    shares = apportion(busy, computed)
+    return [(o, batch_id, s, c) for o, s, c in zip(outs, shares, cached_before, strict=True)]
+
+
+def sglang_completion(out: dict[str, Any], tokenizer: Any, want_logprobs: bool) -> Completion:
+    """A ``Completion`` from one SGLang output (the engine's and the server's have one shape)."""
+    meta = out["meta_info"]
+    token_ids = list(out.get("output_ids") or [])
+    lps = [float(e[0]) for e in meta.get("output_token_logprobs") or []]
+    finish = meta.get("finish_reason") or {}
+    reason = finish.get("type", "stop") if isinstance(finish, dict) else str(finish)
+    return Completion(
+        token_ids=token_ids,
+        text=tokenizer.decode(token_ids, skip_special_tokens=True),
+        cumulative_logprob=math.fsum(lps) if lps else None,
+        logprobs=lps if want_logprobs and lps else None,
+        finish_reason=str(reason),
+    )
+
+
+def input_logprobs(meta: dict[str, Any], count: int) -> list[float]:
+    """The last ``count`` prompt-token log-probabilities of an SGLang output's ``meta_info``
+    (entries are ``[logprob, token_id, text]``)."""
+    entries = (meta.get("input_token_logprobs") or [])[-count:] if count else []
+    if len(entries) != count or any(e[0] is None for e in entries):
+        raise BackendError(f"sglang returned {len(entries)} usable log-probabilities for {count} tokens")
+    return [float(e[0]) for e in entries]
