@@ -302,24 +302,28 @@ class HTTPBackend(Backend):
             return await self._labels.submit(seqs)
         return list(await asyncio.gather(*(self._score_one(ids, start, batch_id) for ids, start in seqs)))
 
-    def _split(self, items: Sequence[J]) -> list[list[J]]:
-        """A merged batch in one chunk per live endpoint (``_pick`` sends each to the least loaded)."""
+    def _split(self, items: Sequence[J]) -> list[tuple[Endpoint, list[J]]]:
+        """A merged batch in one chunk per live endpoint, least loaded first, each chunk with the
+        endpoint it is meant for (``_post`` goes elsewhere only if that one fails)."""
         live = [e for e in self.endpoints if e.down_until <= time.monotonic()] or self.endpoints
+        live.sort(key=lambda e: e.outstanding)
         size = max(1, -(-len(items) // len(live)))
-        return [list(items[i : i + size]) for i in range(0, len(items), size)]
+        return [(ep, list(items[i : i + size])) for ep, i in zip(live, range(0, len(items), size), strict=False)]
 
     async def _label_batch(self, seqs: Sequence[tuple[list[int], int]], batch_id: int) -> list[ScoreResult]:
         """One merged batch of judgements, split over the live endpoints."""
-        chunks = self._split(seqs)
-        done = await asyncio.gather(*(self._score_labels(c, batch_id) for c in chunks))
+        parts = self._split(seqs)
+        done = await asyncio.gather(*(self._score_labels(chunk, batch_id, ep) for ep, chunk in parts))
         out: list[ScoreResult] = []
-        for chunk, read in zip(chunks, done, strict=True):
+        for (_, chunk), read in zip(parts, done, strict=True):
             if read is None:  # the server lacks logprob_token_ids
                 read = list(await asyncio.gather(*(self._score_one(ids, start, batch_id) for ids, start in chunk)))
             out += read
         return out
 
-    async def _score_labels(self, seqs: list[tuple[list[int], int]], batch_id: int) -> list[ScoreResult] | None:
+    async def _score_labels(
+        self, seqs: list[tuple[list[int], int]], batch_id: int, ep: Endpoint
+    ) -> list[ScoreResult] | None:
         """One-token continuations (a PRM's judgement) in one request: vLLM's ``logprob_token_ids``.
 
         The label's log-probability is read at the next position, as the in-process
@@ -335,7 +339,7 @@ class HTTPBackend(Backend):
              "logprob_token_ids": labels, "return_tokens_as_token_ids": True}
         )  # fmt: skip
         try:
-            body, seconds = await self._post("/v1/completions", payload, sum(len(ids) for ids, _ in seqs))
+            body, seconds = await self._post("/v1/completions", payload, sum(len(ids) for ids, _ in seqs), ep)
         except BackendError as exc:
             if "logprob_token_ids" not in str(exc):
                 raise
@@ -361,17 +365,19 @@ class HTTPBackend(Backend):
     async def _route_batch(self, jobs: Sequence[tuple[list[int], dict[str, Any]]], batch_id: int) -> list[Any]:
         """One engine batch, split over the live endpoints, one POST each. Never raises: a
         batch the servers did not answer comes back as that error for each of its requests."""
-        chunks = self._split(jobs)
-        done = await asyncio.gather(*(self._route_post(c, batch_id) for c in chunks), return_exceptions=True)
+        parts = self._split(jobs)
+        done = await asyncio.gather(*(self._route_post(c, batch_id, ep) for ep, c in parts), return_exceptions=True)
         out: list[Any] = []
-        for chunk, res in zip(chunks, done, strict=True):
+        for (_, chunk), res in zip(parts, done, strict=True):
             out += res if isinstance(res, list) else [res] * len(chunk)
         return out
 
-    async def _route_post(self, jobs: list[tuple[list[int], dict[str, Any]]], batch_id: int) -> list[Any]:
+    async def _route_post(
+        self, jobs: list[tuple[list[int], dict[str, Any]]], batch_id: int, ep: Endpoint
+    ) -> list[Any]:
         payload = {"requests": [{"prompt_token_ids": ids, "sampling_params": p} for ids, p in jobs]}
         weight = sum(len(ids) + p.get("n", 1) * p.get("max_tokens", 1) for ids, p in jobs)
-        body, seconds = await self._post(ROUTE_PATH, payload, weight)
+        body, seconds = await self._post(ROUTE_PATH, payload, weight, ep)
         results = body.get("results") or []
         if len(results) != len(jobs):
             raise BackendError(f"{ROUTE_PATH} answered {len(results)} results for {len(jobs)} requests")
@@ -471,11 +477,10 @@ class HTTPBackend(Backend):
     async def _sglang_batch(self, jobs: Sequence[Job], batch_id: int) -> list[Served]:
         """One engine batch, split over the live endpoints; each part's shared prompts are
         prefilled first on the endpoint that then serves it (see ``shared_prompts``)."""
-        parts = await asyncio.gather(*(self._sglang_post(chunk, batch_id) for chunk in self._split(jobs)))
+        parts = await asyncio.gather(*(self._sglang_post(chunk, batch_id, ep) for ep, chunk in self._split(jobs)))
         return [served for part in parts for served in part]
 
-    async def _sglang_post(self, jobs: list[Job], batch_id: int) -> list[Served]:
-        ep = self._pick(None)
+    async def _sglang_post(self, jobs: list[Job], batch_id: int, ep: Endpoint) -> list[Served]:
         weight = sum(len(ids) + p.get("max_new_tokens", 0) for ids, p, _ in jobs)
         shared, warm, seconds = shared_prompts(jobs), [], 0.0
         if shared:
