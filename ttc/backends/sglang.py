@@ -3,7 +3,9 @@
 Requests from all in-flight queries are merged into one ``Engine.generate``
 call per batch, prompts as token ids, so the radix cache serves every shared
 prefix, token by token (``block_size`` = 1). A request for ``n`` samples is
-sent as ``n`` copies: SGLang's own ``n`` must be equal across a batch.
+sent as ``n`` copies: SGLang's own ``n`` must be equal across a batch. The module-level
+functions below build those batches and read their outputs; the HTTP backend sends the
+same batches to SGLang's server, whose ``/generate`` takes the same lists.
 
 Seeds. Per-request ``sampling_seed`` only takes effect with SGLang's
 deterministic inference on (``enable_deterministic_inference``, which refuses
