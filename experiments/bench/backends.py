@@ -196,12 +196,16 @@ def http_payload(engine: str, job: Any) -> tuple[str, dict[str, Any], bool]:
     return "/v1/completions", body, p.max_tokens > 1
 
 
+RAW_CONNECTIONS = 128
+
+
 async def replay_http(engine: str, log: list[tuple[str, list[Any]]], urls: dict[str, str]) -> int:
-    """The recorded batches straight to the servers: each batch's requests at once, batch after batch."""
+    """The recorded batches straight to the servers, batch after batch: each batch's requests at
+    once over at most ``RAW_CONNECTIONS`` connections (SGLang's server dropped one of 512)."""
     import httpx
 
     tokens = 0
-    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=512)) as client:
+    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=RAW_CONNECTIONS)) as client:
         for role, jobs in log:
             reqs = [http_payload(engine, j) for j in jobs]
             bodies = await asyncio.gather(*(client.post(urls[role] + path, json=b) for path, b, _ in reqs))
@@ -321,7 +325,8 @@ def markdown(result: dict[str, Any]) -> str:
         "Raw engine: the engine batches ttc's in-process run sent, replayed through the engine's own API:",
         "alternating with ttc's in-process runs for the in-process ratio, and again with the HTTP runs",
         "(the in-process engines stay up, idle, beside the servers) for the HTTP ratios.",
-        "Server driven raw: the same batches posted straight to the engine's server (each batch's requests at once).",
+        "Server driven raw: the same batches posted straight to the engine's server (each batch's requests at once, "
+        f"over at most {RAW_CONNECTIONS} connections).",
         "HTTP, one each: one HTTP request per engine request on vLLM (`/v1/completions`), per strategy call",
         "on SGLang (`/generate`).",
         "HTTP, batch route: each engine batch in one POST: SGLang's `/generate` takes lists; vLLM's server",
@@ -360,7 +365,11 @@ def markdown(result: dict[str, Any]) -> str:
         "where every branch keeps its own seed, and samples exactly what `/v1/completions` and",
         "the in-process engine sample (`tests/test_backend_http.py`). SGLang's servers and engines",
         "run with `--sleep-on-idle` (else an idle scheduler busy-polls a core, and the PRM's would",
-        "starve the policy's). `--resume` reuses an engine's finished part: compare ratios within",
+        "starve the policy's). vLLM's servers run with the in-process engine's batch limits",
+        "(`--max-num-seqs 256 --max-num-batched-tokens 4096`; the server's own defaults on CPU are",
+        "128 and 2048, chosen for latency), so that the HTTP ratios compare the paths, not engine",
+        "settings; ttc's route renders each prompt in the server's event loop, as `LLM.generate` does.",
+        "`--resume` reuses an engine's finished part: compare ratios within",
         "an engine's rows, not across engines (SGLang's CPU path runs PyTorch-native layers).",
     ]
     for engine, part in result["engines"].items():
