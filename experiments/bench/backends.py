@@ -240,8 +240,8 @@ def over_http(
                    HTTPBackend(prm_path, endpoints=[rm.url], api=api, batch_route=route))
             for mode, route in modes.items()
         }  # fmt: skip
+        urls = {"policy": pol.url, "prm": rm.url}
         for name in STRATEGIES:
-            urls = {"policy": pol.url, "prm": rm.url}
             rates: dict[str, list[float]] = {mode: [] for mode in modes}
             raw, engine_raw = [], []
             posts = [(roles[id(b)], jobs) for b, jobs in logs[name]]
@@ -250,9 +250,7 @@ def over_http(
                 run_ttc(problems, make_strategy(name, prm), policy)  # warm-up
             for _ in range(repeats):  # alternate the paths, so that machine noise hits all of them
                 engine_raw.append(rate(replay, logs[name]))
-                t = time.perf_counter()
-                tokens = asyncio.run(replay_http(engine, posts, urls))
-                raw.append(tokens / (time.perf_counter() - t))
+                raw.append(rate(lambda log: asyncio.run(replay_http(engine, log, urls)), posts))
                 for mode, (policy, prm) in backends.items():
                     seconds, gen, summaries[mode] = run_ttc(problems, make_strategy(name, prm), policy)
                     rates[mode].append(gen / seconds)
