@@ -82,9 +82,22 @@ class Server:
         self._signal(signal.SIGKILL)
 
 
-def start_vllm(model: str | Path, *, max_model_len: int = 256, name: str = "vllm") -> Server:
+def own_cores(half: int) -> str | None:
+    """Half of this machine's cores (0: the first, 1: the rest), so that a policy engine and its
+    PRM each compute on cores of their own (vLLM's binding would pin both to the same ones)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None
+    mid = len(cpus) // 2
+    return ",".join(map(str, cpus[:mid] if half == 0 else cpus[mid:]))
+
+
+def start_vllm(
+    model: str | Path, *, max_model_len: int = 256, name: str = "vllm", cpu_cores: str | None = None
+) -> Server:
     """vLLM's OpenAI server with the CPU recipe and ttc's batch route (vLLM's ``--middleware``
-    flag; clients choose whether to use it); returns before it is healthy (call ``wait_healthy``)."""
+    flag; clients choose whether to use it); returns before it is healthy (call ``wait_healthy``).
+    ``cpu_cores``: the cores its engine computes on (``VLLM_CPU_OMP_THREADS_BIND``)."""
     port = free_port()
     cmd = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
@@ -98,6 +111,8 @@ def start_vllm(model: str | Path, *, max_model_len: int = 256, name: str = "vllm
         "--max-num-seqs", "256", "--max-num-batched-tokens", "4096",
     ]  # fmt: skip
     env = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING", "TOKENIZERS_PARALLELISM": "false"}
+    if cpu_cores is not None:
+        env["VLLM_CPU_OMP_THREADS_BIND"] = cpu_cores
     return Server(cmd, port, env, name)
 
 

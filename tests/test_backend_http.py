@@ -427,6 +427,29 @@ def test_judgements_of_concurrent_queries_share_one_request_per_replica() -> Non
     assert sum(r.cached_tokens for r in results) == pytest.approx(80, abs=8)  # split by length, rounded
 
 
+def test_max_batch_caps_what_one_merged_batch_sends() -> None:
+    """``max_batch`` (two cohorts of queries, docs/backends.md): no batch over the cap, none lost."""
+    posts: list[dict[str, Any]] = []
+
+    def handler(request: Any) -> Any:
+        body = json.loads(request.content)
+        posts.append(body)
+        label = body["logprob_token_ids"][0]
+        read = {"top_logprobs": [{f"token_id:{label}": -0.5}]}
+        choices = [{"index": i, "logprobs": read} for i in range(len(body["prompt"]))]
+        return httpx.Response(200, json={"choices": choices, "usage": {}})
+
+    b = _mock_backend(handler, max_batch=3)
+
+    async def many() -> list[Any]:
+        calls = [b.score([ScoreRequest(prompt="Q:1+2=?\n" + "3\n" * k, continuation=[4])]) for k in range(8)]
+        return [r for rs in await asyncio.gather(*calls) for r in rs]
+
+    results = asyncio.run(many())
+    assert len(results) == 8 and all(r.token_logprobs == [-0.5] for r in results)
+    assert sorted(len(p["prompt"]) for p in posts) == [1, 1, 1, 1, 2, 2]  # 3, 3, 2: each split over 2 replicas
+
+
 def test_a_server_without_label_reads_falls_back_to_prompt_logprobs() -> None:
     posts: list[dict[str, Any]] = []
 

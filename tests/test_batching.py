@@ -1,5 +1,5 @@
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import pytest
 
@@ -91,3 +91,53 @@ def test_batch_ids_are_distinct() -> None:
     assert len(set(ids)) == 2
     with pytest.raises(TypeError):
         asyncio.run(b.submit(None))  # type: ignore[arg-type]
+
+
+async def test_max_batch_caps_batches_and_keeps_every_result_with_its_job() -> None:
+    batches: list[list[int]] = []
+
+    def run(jobs: Sequence[int], batch_id: int) -> list[int]:
+        batches.append(list(jobs))
+        return [j * 10 for j in jobs]
+
+    b: MicroBatcher[int, int] = MicroBatcher(run, max_batch=5)
+    results = await asyncio.gather(*(b.submit([i, i + 100]) for i in range(8)))
+    assert results == [[i * 10, (i + 100) * 10] for i in range(8)]
+    assert [len(x) for x in batches] == [5, 5, 5, 1]
+
+
+async def test_max_batch_lets_two_engines_work_at_once() -> None:
+    """Queries that generate, then are judged, in lockstep: with batches capped at half the
+    queries, one cohort is judged while the other generates; uncapped, the engines take turns."""
+
+    async def overlap(cap: int | None) -> float:
+        busy: dict[str, list[tuple[float, float]]] = {"gen": [], "judge": []}
+        loop = asyncio.get_running_loop()
+
+        def engine(name: str) -> Callable[[Sequence[int], int], Awaitable[list[int]]]:  # 10 ms a batch
+            async def run(jobs: Sequence[int], batch_id: int) -> list[int]:
+                start = loop.time()
+                await asyncio.sleep(0.01)
+                busy[name].append((start, loop.time()))
+                return list(jobs)
+
+            return run
+
+        gen = MicroBatcher(engine("gen"), max_batch=cap)
+        judge = MicroBatcher(engine("judge"), max_batch=cap)
+
+        async def query(i: int) -> None:
+            for _ in range(4):
+                await gen.submit([i])
+                await judge.submit([i])
+
+        await asyncio.gather(*(query(i) for i in range(8)))
+        return sum(max(0.0, min(a1, b1) - max(a0, b0)) for a0, a1 in busy["gen"] for b0, b1 in busy["judge"])
+
+    assert await overlap(None) == 0.0
+    assert await overlap(4) > 0.02
+
+
+def test_max_batch_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_batch"):
+        MicroBatcher(lambda jobs, i: list(jobs), max_batch=0)

@@ -62,3 +62,28 @@ def test_tree_search_hits_the_prefix_cache_as_an_ideal_cache_would(make, policy_
 def test_strategy_runs_end_to_end(make, policy_engine, prm_engine) -> None:
     s = run(make(PRMVerifier(prm_engine)), policy_engine)
     assert s["accuracy"] > 0
+
+
+def test_a_batch_cap_splits_the_batches_and_every_query_still_finishes(policy_engine, prm_engine) -> None:
+    """``max_batch`` splits lockstep queries into cohorts (one generates while the other is judged)."""
+    sizes: list[int] = []
+    batchers = [policy_engine._batcher, prm_engine._batcher]
+    inner = [b._run_batch for b in batchers]
+
+    def recording(run):
+        def wrapped(jobs, batch_id):
+            sizes.append(len(jobs))
+            return run(jobs, batch_id)
+
+        return wrapped
+
+    try:
+        for b, run_batch in zip(batchers, inner, strict=True):
+            b.max_batch, b._run_batch = 16, recording(run_batch)
+        s = run(BeamSearch(n=8, width=4, verifier=PRMVerifier(prm_engine)), policy_engine)
+    finally:
+        for b, run_batch in zip(batchers, inner, strict=True):
+            b.max_batch, b._run_batch = None, run_batch
+    assert sizes and max(sizes) <= 16
+    assert sizes.count(16) >= 2  # a PRM step of 8 queries x 8 beams is 64 judgements: cut into four
+    assert s["cached_tokens"] >= 0.95 * s["ideal_cached_tokens"], s

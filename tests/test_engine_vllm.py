@@ -129,3 +129,31 @@ def test_runs_repeat_on_the_real_engine(policy_engine) -> None:
         return sorted((r["id"], r["completion"]) for r in recs)
 
     assert once() == once()
+
+
+def _worker_cores(backend) -> set[int]:
+    """The cores the engine's worker process may run on (the worker is the engine core's child)."""
+    import psutil
+
+    (core,) = backend.llm.llm_engine.engine_core.resources.engine_manager.processes
+    workers = psutil.Process(core.pid).children()
+    assert workers
+    return {c for w in workers for c in w.cpu_affinity()}
+
+
+def test_each_engine_computes_on_the_cores_it_was_given(policy_engine, prm_engine) -> None:
+    from tests.servers import own_cores
+    from ttc.backends.vllm import cpu_core_ids, on_cpu
+
+    if not on_cpu() or own_cores(0) is None:
+        pytest.skip("cpu_cores binds CPU engines on machines with 2 cores or more")
+    assert _worker_cores(policy_engine) == set(cpu_core_ids(own_cores(0)))
+    assert _worker_cores(prm_engine) == set(cpu_core_ids(own_cores(1)))
+
+
+@pytest.mark.parametrize("cores", ["x", "0-", "99999"])
+def test_cpu_cores_is_checked_before_the_engine_starts(cores) -> None:
+    from ttc.backends.vllm import VLLMBackend
+
+    with pytest.raises(ValueError, match="cpu_cores"):
+        VLLMBackend("no-such-model", cpu_cores=cores)

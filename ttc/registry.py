@@ -62,7 +62,7 @@ def check_args(
     function (or partial); return the coerced values."""
     fn = target.__init__ if isinstance(target, type) else target
     sig = inspect.signature(fn)
-    hints = typing.get_type_hints(fn.func if isinstance(fn, functools.partial) else fn)
+    hints = typing.get_type_hints(fn.func if isinstance(fn, functools.partial) else fn, include_extras=True)
     fields = {
         n: (hints.get(n, Any), ... if p.default is inspect.Parameter.empty else p.default)
         for n, p in sig.parameters.items()

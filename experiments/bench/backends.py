@@ -48,6 +48,9 @@ async def _no_grade(problem: Any, answer: Any) -> bool:  # accuracy is not what 
 
 
 STRATEGIES = ("best_of_n", "beam_search")
+# Strategies also run in two cohorts (``max_batch``: half the largest batch), so that the policy
+# generates for one half of the queries while the PRM judges the other.
+COHORTS = ("beam_search",)
 
 
 def make_strategy(name: str, prm_backend: Any) -> Any:
@@ -128,15 +131,33 @@ def start_engines(engine: str) -> tuple[Any, Any, Any]:
     from ttc.reference import POLICY_PATH, PRM_PATH
 
     if engine == "vllm":
+        from tests.servers import own_cores
         from ttc.backends.vllm import VLLMBackend
 
-        return VLLMBackend(str(POLICY_PATH), dtype="float32"), VLLMBackend(str(PRM_PATH), dtype="float32"), replay_vllm
+        def start_vllm(path: Path, half: int) -> Any:
+            return VLLMBackend(str(path), dtype="float32", cpu_cores=own_cores(half))
+
+        return start_vllm(POLICY_PATH, 0), start_vllm(PRM_PATH, 1), replay_vllm
     from ttc.backends.sglang import SGLangBackend
 
     def start(path: Path) -> Any:
         return SGLangBackend(str(path), dtype="float32", max_model_len=256, max_total_tokens=16384)
 
     return start(POLICY_PATH), start(PRM_PATH), replay_sglang
+
+
+def cohort_caps(log: list[tuple[Any, list[Any]]]) -> dict[int, int]:
+    """Per backend, half its largest recorded batch: ``max_batch`` for two cohorts of queries."""
+    caps: dict[int, int] = {}
+    for backend, jobs in log:
+        caps[id(backend)] = max(caps.get(id(backend), 1), -(-len(jobs) // 2))
+    return caps
+
+
+def capped(backends: Any, caps: dict[int, int] | None) -> None:
+    """Set (or, with None, lift) the batch cap of in-process engines."""
+    for b in backends:
+        b._batcher.max_batch = None if caps is None else caps[id(b)]
 
 
 def rate(replay: Any, log: list[tuple[Any, list[Any]]]) -> float:
@@ -159,11 +180,17 @@ def in_process(
         for r in recorders:
             r.stop()
         replay(log)  # warm-up of the raw path
-        raw_s, ttc_s = [], []
+        caps = cohort_caps(log) if name in COHORTS else None
+        raw_s, ttc_s, cohort_s = [], [], []
         for _ in range(repeats):
             raw_s.append(rate(replay, log))
             seconds, gen, _ = run_ttc(problems, strategy, policy)
             ttc_s.append(gen / seconds)
+            if caps:
+                capped((policy, prm), caps)
+                seconds, gen, _ = run_ttc(problems, strategy, policy)
+                capped((policy, prm), None)
+                cohort_s.append(gen / seconds)
         out[name] = {
             "engine_batches": len(log),
             "generated_tokens": tokens,
@@ -171,6 +198,9 @@ def in_process(
             "ttc_tokens_per_s": ttc_s,
             "cached_over_ideal": _cache_ratio(summary),
         }
+        if caps:
+            out[name].update(ttc_cohorts_tokens_per_s=cohort_s, max_batch={"policy": caps[id(policy)],
+                             "prm": caps[id(prm)]})  # fmt: skip
         print(engine, name, json.dumps(out[name]), flush=True)
         logs[name] = log
     return out, logs
@@ -199,6 +229,20 @@ def http_payload(engine: str, job: Any) -> tuple[str, dict[str, Any], bool]:
 RAW_CONNECTIONS = 128
 
 
+async def _post(client: Any, url: str, body: dict[str, Any]) -> Any:
+    """One POST, sent again if the server dropped the connection (a kept-alive connection that
+    the server closed as it was reused; ttc's client retries these too)."""
+    import httpx
+
+    for attempt in range(3):
+        try:
+            return await client.post(url, json=body)
+        except httpx.TransportError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
 async def replay_http(engine: str, log: list[tuple[str, list[Any]]], urls: dict[str, str]) -> int:
     """The recorded batches straight to the servers, batch after batch: each batch's requests at
     once over at most ``RAW_CONNECTIONS`` connections (SGLang's server dropped one of 512)."""
@@ -208,7 +252,7 @@ async def replay_http(engine: str, log: list[tuple[str, list[Any]]], urls: dict[
     async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=RAW_CONNECTIONS)) as client:
         for role, jobs in log:
             reqs = [http_payload(engine, j) for j in jobs]
-            bodies = await asyncio.gather(*(client.post(urls[role] + path, json=b) for path, b, _ in reqs))
+            bodies = await asyncio.gather(*(_post(client, urls[role] + path, b) for path, b, _ in reqs))
             for (_, _, gen), resp in zip(reqs, bodies, strict=True):
                 resp.raise_for_status()
                 if gen:
@@ -225,14 +269,18 @@ def over_http(
 ) -> dict[str, Any]:
     """Each repeat: the raw in-process replay, the same batches posted to the servers, then ttc
     through the servers both ways: side by side, so that the HTTP ratios share their machine state."""
-    from tests.servers import running, start_sglang, start_vllm
+    from tests.servers import own_cores, running, start_sglang, start_vllm
     from ttc.backends.http import HTTPBackend
     from ttc.reference import POLICY_PATH, PRM_PATH
 
-    start = start_vllm if engine == "vllm" else start_sglang
+    if engine == "vllm":
+        servers = (start_vllm(POLICY_PATH, name="vllm-policy", cpu_cores=own_cores(0)),
+                   start_vllm(PRM_PATH, name="vllm-prm", cpu_cores=own_cores(1)))  # fmt: skip
+    else:
+        servers = (start_sglang(POLICY_PATH, name="sglang-policy"), start_sglang(PRM_PATH, name="sglang-prm"))
     api = "openai" if engine == "vllm" else "sglang"
     out: dict[str, Any] = {}
-    with running(start(POLICY_PATH, name=f"{engine}-policy"), start(PRM_PATH, name=f"{engine}-prm")) as (pol, rm):
+    with running(*servers) as (pol, rm):
         prm_path = str(PRM_PATH)
         modes = {"http": False, "http_route": True}  # one request each; whole engine batches
         backends = {
@@ -242,16 +290,23 @@ def over_http(
         }  # fmt: skip
         urls = {"policy": pol.url, "prm": rm.url}
         for name in STRATEGIES:
-            rates: dict[str, list[float]] = {mode: [] for mode in modes}
+            runs = dict(backends)
+            if name in COHORTS:  # the batch route in two cohorts, each cap as in process
+                caps = {roles[k]: v for k, v in cohort_caps(logs[name]).items()}
+                runs["http_route_cohorts"] = tuple(
+                    HTTPBackend(path, endpoints=[url], api=api, batch_route=True, max_batch=caps[role])
+                    for path, url, role in ((str(POLICY_PATH), pol.url, "policy"), (prm_path, rm.url, "prm"))
+                )
+            rates: dict[str, list[float]] = {mode: [] for mode in runs}
             raw, engine_raw = [], []
             posts = [(roles[id(b)], jobs) for b, jobs in logs[name]]
             summaries: dict[str, Any] = {}
-            for policy, prm in backends.values():
+            for policy, prm in runs.values():
                 run_ttc(problems, make_strategy(name, prm), policy)  # warm-up
             for _ in range(repeats):  # alternate the paths, so that machine noise hits all of them
                 engine_raw.append(rate(replay, logs[name]))
                 raw.append(rate(lambda log: asyncio.run(replay_http(engine, log, urls)), posts))
-                for mode, (policy, prm) in backends.items():
+                for mode, (policy, prm) in runs.items():
                     seconds, gen, summaries[mode] = run_ttc(problems, make_strategy(name, prm), policy)
                     rates[mode].append(gen / seconds)
             out[name] = {f"{mode}_tokens_per_s": r for mode, r in rates.items()}
@@ -260,6 +315,9 @@ def over_http(
             if "http_route" in summaries:
                 out[name]["route_cached_over_ideal"] = _cache_ratio(summaries["http_route"])
             print(engine, "http", name, json.dumps(out[name]), flush=True)
+            for mode in set(runs) - set(backends):
+                for b in runs[mode]:
+                    b.close()
         for policy, prm in backends.values():
             policy.close()
             prm.close()
@@ -293,6 +351,11 @@ def one_engine(engine: str, problems_n: int, repeats: int) -> dict[str, Any]:
         row["http_over_raw"] = median(http["http_tokens_per_s"]) / beside
         row["route_over_raw"] = median(http["http_route_tokens_per_s"]) / beside
         row["http_over_server_raw"] = median(http["http_tokens_per_s"]) / median(http["server_raw_tokens_per_s"])
+        if "ttc_cohorts_tokens_per_s" in row:
+            row["cohorts_over_raw"] = median(row["ttc_cohorts_tokens_per_s"]) / raw
+        if "http_route_cohorts_tokens_per_s" in http:
+            row["http_route_cohorts_tokens_per_s"] = http["http_route_cohorts_tokens_per_s"]
+            row["route_cohorts_over_raw"] = median(http["http_route_cohorts_tokens_per_s"]) / beside
         rows[name] = row
     return rows
 
@@ -301,11 +364,11 @@ def _med(row: dict[str, Any], key: str) -> str:
     return f"{median(row[key]):,.0f}" if key in row else "n/a"
 
 
-def _repeats(row: dict[str, Any]) -> str:
+def _repeats(row: dict[str, Any], key: str = "http_route_tokens_per_s") -> str:
     """Each repeat's batch-route run over the raw replay beside it."""
     if "raw_beside_http_tokens_per_s" not in row:  # a part measured before raw replays ran beside HTTP
         return "n/a"
-    pairs = zip(row["http_route_tokens_per_s"], row["raw_beside_http_tokens_per_s"], strict=True)
+    pairs = zip(row[key], row["raw_beside_http_tokens_per_s"], strict=True)
     return ", ".join(f"{a / b:.2f}" for a, b in pairs)
 
 
@@ -367,9 +430,39 @@ def markdown(result: dict[str, Any]) -> str:
         "(`--max-num-seqs 256 --max-num-batched-tokens 4096`; the server's own defaults on CPU are",
         "128 and 2048, chosen for latency), so that the HTTP ratios compare the paths, not engine",
         "settings; ttc's route renders each prompt in the server's event loop, as `LLM.generate` does.",
+        "vLLM's policy and PRM, in process and as servers, each compute on half the machine's cores",
+        "(`cpu_cores`, `VLLM_CPU_OMP_THREADS_BIND`; vLLM's own binding would pin both to the same core).",
         "`--resume` reuses an engine's finished part: compare ratios within",
         "an engine's rows, not across engines (SGLang's CPU path runs PyTorch-native layers).",
     ]
+    cohorts = [(e, part, n, r) for e, part in result["engines"].items() for n, r in part["rows"].items()
+               if "ttc_cohorts_tokens_per_s" in r]  # fmt: skip
+    if cohorts:
+        lines += [
+            "",
+            "## Two cohorts: the policy generates for half the queries while the PRM judges the other half",
+            "",
+            "The same runs with each engine's batches capped at half its largest lockstep batch",
+            "(`max_batch`, in process and on the HTTP backend), each engine computing on a core of its own",
+            "(`cpu_cores`; vLLM's own binding pins both engines' workers to one core and leaves the other to",
+            "the schedulers). The raw replay stays batch after batch, as ttc sent them uncapped: it measures",
+            "the engine, not a schedule, so a ratio above 1 is what the overlap buys.",
+            "",
+            "| engine | strategy | max_batch (policy, PRM) | raw engine tok/s | ttc in-process, lockstep |"
+            " ttc in-process, cohorts | cohorts / raw | raw beside HTTP | HTTP route, lockstep | HTTP route, cohorts |"
+            " route cohorts / raw (repeats) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for engine, part, name, r in cohorts:
+            caps = r["max_batch"]
+            lines.append(
+                f"| {engine} ({part['problems']} problems) | {name} | {caps['policy']}, {caps['prm']} | "
+                f"{median(r['raw_tokens_per_s']):,.0f} | {median(r['ttc_tokens_per_s']):,.0f} | "
+                f"{median(r['ttc_cohorts_tokens_per_s']):,.0f} | {r['cohorts_over_raw']:.2f} | "
+                f"{_med(r, 'raw_beside_http_tokens_per_s')} | {_med(r, 'http_route_tokens_per_s')} | "
+                f"{_med(r, 'http_route_cohorts_tokens_per_s')} | {_num(r, 'route_cohorts_over_raw')} "
+                f"({_repeats(r, 'http_route_cohorts_tokens_per_s')}) |"
+            )
     for engine, part in result["engines"].items():
         if any("raw_beside_http_tokens_per_s" not in r for r in part["rows"].values()):
             lines += ["", f"{engine}'s part was measured before the raw replays ran beside the HTTP runs: its HTTP",

@@ -6,6 +6,11 @@ until every coroutine that is ready has added its requests, then sends them as
 one batch from a worker thread, so the event loop keeps filling the next batch
 while the engine runs this one. A coroutine ``run_batch`` (a remote engine) is
 awaited on the loop instead.
+
+``max_batch`` caps a batch; the rest wait for the next one. With two engines (a
+policy and its PRM), that splits lockstep queries into cohorts: while one cohort
+generates, the other is judged, so both engines work at once where each has its
+own cores or device, instead of taking turns.
 """
 
 from __future__ import annotations
@@ -24,10 +29,16 @@ R = TypeVar("R")
 
 class MicroBatcher(Generic[J, R]):
     def __init__(
-        self, run_batch: Callable[[Sequence[J], int], list[R]] | Callable[[Sequence[J], int], Awaitable[list[R]]]
+        self,
+        run_batch: Callable[[Sequence[J], int], list[R]] | Callable[[Sequence[J], int], Awaitable[list[R]]],
+        max_batch: int | None = None,
     ) -> None:
-        """``run_batch(jobs, batch_id)`` runs jobs on the engine, one result each."""
+        """``run_batch(jobs, batch_id)`` runs jobs on the engine, one result each; at most
+        ``max_batch`` jobs at a time (None: all that are ready)."""
+        if max_batch is not None and max_batch < 1:
+            raise ValueError(f"max_batch must be a positive number of requests or null (got {max_batch})")
         self._run_batch = run_batch
+        self.max_batch = max_batch
         self._pending: list[tuple[J, asyncio.Future[R]]] = []
         self._drainer: asyncio.Task[None] | None = None
         self._ids = itertools.count(1)
@@ -56,7 +67,8 @@ class MicroBatcher(Generic[J, R]):
     async def _drain(self) -> None:
         while self._pending:
             await self._settle()
-            batch, self._pending = self._pending, []
+            cut = len(self._pending) if self.max_batch is None else self.max_batch
+            batch, self._pending = self._pending[:cut], self._pending[cut:]
             jobs = [j for j, _ in batch]
             try:
                 results = await self._run(jobs)

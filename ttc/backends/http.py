@@ -33,6 +33,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
+from pydantic import PositiveInt
+
 from ttc.backends.base import Backend, BackendError, EngineUnavailable, apportion
 from ttc.backends.batching import MicroBatcher, OnItsOwn
 from ttc.backends.sglang import (
@@ -124,6 +126,7 @@ class HTTPBackend(Backend):
         max_retries: int = 6,
         backoff_s: float = 0.5,
         batch_route: bool | None = None,
+        max_batch: PositiveInt | None = None,
     ) -> None:
         """Talk to running servers of ``model`` (its path or hub name gives the tokenizer and KV geometry).
 
@@ -132,6 +135,7 @@ class HTTPBackend(Backend):
         the server reports. ``batch_route``: send whole engine batches in one POST (SGLang's
         ``/generate``; ttc's route on vLLM servers, ``ttc.backends.vllm_route``): null does
         where the server can, true requires it, false sends each strategy call on its own.
+        ``max_batch``: at most this many requests per merged batch (``MicroBatcher``).
         """
         from transformers import AutoConfig, AutoTokenizer
 
@@ -152,7 +156,7 @@ class HTTPBackend(Backend):
         self._loop_state: tuple[asyncio.AbstractEventLoop, Any, asyncio.Semaphore] | None = None
         self._transport: Any = None  # tests put an httpx.MockTransport here
         self._label_reads = True  # vLLM's logprob_token_ids; off once a server ignores or refuses it
-        self._labels: MicroBatcher[tuple[list[int], int], ScoreResult] = MicroBatcher(self._label_batch)
+        self._labels: MicroBatcher[tuple[list[int], int], ScoreResult] = MicroBatcher(self._label_batch, max_batch)
         info = self._probe(served_model_name)
         self.served_model_name = served_model_name or info.get("model")
         server_len = info.get("max_model_len")
@@ -167,9 +171,9 @@ class HTTPBackend(Backend):
             )
         self.uses_route = has_route and batch_route is not False
         # Results are dicts, or the exception that a request (or its whole POST) met.
-        self._routed: MicroBatcher[tuple[list[int], dict[str, Any]], Any] = MicroBatcher(self._route_batch)
+        self._routed: MicroBatcher[tuple[list[int], dict[str, Any]], Any] = MicroBatcher(self._route_batch, max_batch)
         self._sglang: Batches = (
-            MicroBatcher(self._sglang_batch) if self.uses_route else OnItsOwn(self._sglang_batch)
+            MicroBatcher(self._sglang_batch, max_batch) if self.uses_route else OnItsOwn(self._sglang_batch)
         )
 
     # -- discovery -----------------------------------------------------------------------

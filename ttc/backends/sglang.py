@@ -26,6 +26,8 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from pydantic import PositiveInt
+
 from ttc.backends.base import Backend, BackendError, apportion
 from ttc.backends.batching import MicroBatcher, OnItsOwn
 from ttc.types import Completion, GenRequest, GenResult, ScoreRequest, ScoreResult
@@ -91,11 +93,13 @@ class SGLangBackend(Backend):
         node_rank: int = 0,
         dist_init_addr: str | None = None,
         enable_deterministic_inference: bool = False,
+        max_batch: PositiveInt | None = None,
     ) -> None:
         """Start ``sglang.Engine`` for ``model`` (or wrap an existing engine as ``llm``).
 
         ``tp_size`` x ``pp_size`` x ``dp_size`` GPUs (over ``nnodes`` nodes) serve one engine;
-        ``max_model_len`` is SGLang's ``context_length``.
+        ``max_model_len`` is SGLang's ``context_length``; ``max_batch``: at most this many
+        requests per engine batch (``MicroBatcher``).
         """
         from transformers import AutoConfig
 
@@ -141,7 +145,7 @@ class SGLangBackend(Backend):
         kv_dtype = str(args.kv_cache_dtype)
         self.kv = kv_geometry(hf_config, compute_dtype if kv_dtype == "auto" else kv_dtype)
         self.seed = seed
-        self._batcher: MicroBatcher[Job, Served] = MicroBatcher(self._run)
+        self._batcher: MicroBatcher[Job, Served] = MicroBatcher(self._run, max_batch)
 
     # -- engine side (worker thread) ------------------------------------------------------
     def _run(self, jobs: Sequence[Job], batch_id: int) -> list[Served]:

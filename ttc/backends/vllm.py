@@ -7,10 +7,14 @@ every shared prefix once.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, PositiveInt
 
 from ttc.backends.base import Backend, BackendError, apportion
 from ttc.backends.batching import MicroBatcher
@@ -21,6 +25,56 @@ def on_cpu() -> bool:
     import torch
 
     return not torch.cuda.is_available()
+
+
+def cpu_core_ids(cores: str | int) -> list[int]:
+    """The core ids of a ``cpu_cores`` setting (vLLM's ``VLLM_CPU_OMP_THREADS_BIND`` syntax:
+    ``"0-3"``, ``"0,2"``; ``|`` between the workers of a tensor-parallel engine), checked
+    against the cores this process may use, so that a typo fails here and not in a worker."""
+    cores = str(cores)  # a command line's cpu_cores=1 arrives as a number
+    if not re.fullmatch(r"\d+(-\d+)?(,\d+(-\d+)?)*(\|\d+(-\d+)?(,\d+(-\d+)?)*)*", cores):
+        raise ValueError("cpu_cores: expected core ids like '0-3' or '0,2'")
+    ids: list[int] = []
+    for part in re.split(r"[,|]", cores):
+        lo, _, hi = part.partition("-")
+        ids += range(int(lo), int(hi or lo) + 1)
+    allowed = sorted(os.sched_getaffinity(0))
+    if not ids or not set(ids) <= set(allowed):
+        raise ValueError(f"cpu_cores: this process may use cores {allowed} only")
+    return ids
+
+
+def _check_cores(cores: str | int) -> str:
+    cpu_core_ids(cores)
+    return str(cores)
+
+
+# Checked with the rest of the config, before any engine starts.
+CpuCores = Annotated[str | int, AfterValidator(_check_cores)]
+
+
+@contextlib.contextmanager
+def cpu_binding(cores: str | int | None) -> Iterator[None]:
+    """Bind the engine's worker to ``cores`` while it starts (vLLM reads the variable then).
+
+    vLLM's own binding on CPU pins the worker of every engine in a process to the same
+    cores (all but one, which it leaves to the schedulers): a policy and its PRM would
+    share them. Each with cores of its own, a batch cap (``max_batch``) lets both compute
+    at once.
+    """
+    if cores is None:
+        yield
+        return
+    cpu_core_ids(cores)
+    key, before = "VLLM_CPU_OMP_THREADS_BIND", os.environ.get("VLLM_CPU_OMP_THREADS_BIND")
+    os.environ[key] = str(cores)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
 
 
 def build_llm(model: str, seed: int = 0, **engine: Any) -> Any:
@@ -35,6 +89,7 @@ def build_llm(model: str, seed: int = 0, **engine: Any) -> Any:
 
     # vLLM parses VLLM_CPU_KVCACHE_SPACE as a whole number of GiB.
     kv_space = int(engine.pop("cpu_kv_cache_space_gib", None) or 2)
+    cores = engine.pop("cpu_cores", None)
     settings: dict[str, Any] = dict(
         enable_prefix_caching=True,
         max_model_len=256,
@@ -51,7 +106,8 @@ def build_llm(model: str, seed: int = 0, **engine: Any) -> Any:
         # The CPU backend has a single worker; these must stay at their defaults there.
         engine = {k: v for k, v in engine.items() if not (k.endswith("parallel_size") and v == 1)}
     settings.update({k: v for k, v in engine.items() if v is not None})
-    return LLM(model=model, **settings)
+    with cpu_binding(cores if on_cpu() else None):
+        return LLM(model=model, **settings)
 
 
 def kv_dtype_bytes(kv_cache_dtype: str, model_dtype: str) -> float:
@@ -82,8 +138,14 @@ class VLLMBackend(Backend):
         dtype: str | None = None,
         block_size: int | None = None,
         cpu_kv_cache_space_gib: int | None = None,
+        cpu_cores: CpuCores | None = None,
+        max_batch: PositiveInt | None = None,
     ) -> None:
-        """Start ``vllm.LLM`` for ``model`` (or wrap an existing ``llm``)."""
+        """Start ``vllm.LLM`` for ``model`` (or wrap an existing ``llm``).
+
+        ``cpu_cores`` (CPU only): the cores the engine computes on (null: vLLM's binding).
+        ``max_batch``: at most this many requests per engine batch (``MicroBatcher``).
+        """
         from ttc.models import kv_geometry
 
         if llm is None:
@@ -101,6 +163,7 @@ class VLLMBackend(Backend):
                 dtype=dtype,
                 block_size=block_size,
                 cpu_kv_cache_space_gib=cpu_kv_cache_space_gib,
+                cpu_cores=cpu_cores,
             )
         self.llm = llm
         self.tokenizer = self.llm.get_tokenizer()
@@ -111,7 +174,7 @@ class VLLMBackend(Backend):
         self.num_devices = pc.tensor_parallel_size * pc.pipeline_parallel_size
         geo = kv_geometry(mc.hf_config, "auto")
         self.kv = geo.model_copy(update={"dtype_bytes": kv_dtype_bytes(cc.cache_dtype, str(mc.dtype))})
-        self._batcher: MicroBatcher[tuple[list[int], Any], Any] = MicroBatcher(self._run)
+        self._batcher: MicroBatcher[tuple[list[int], Any], Any] = MicroBatcher(self._run, max_batch)
 
     # -- engine side (worker thread) ------------------------------------------------
     def _run(self, jobs: Sequence[tuple[list[int], Any]], batch_id: int) -> list[tuple[Any, int, float]]:
