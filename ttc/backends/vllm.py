@@ -90,6 +90,8 @@ def build_llm(model: str, seed: int = 0, **engine: Any) -> Any:
     # vLLM parses VLLM_CPU_KVCACHE_SPACE as a whole number of GiB.
     kv_space = int(engine.pop("cpu_kv_cache_space_gib", None) or 2)
     cores = engine.pop("cpu_cores", None)
+    if cores is not None:
+        cpu_core_ids(cores)  # a bad setting fails here on any machine, though it binds on CPUs only
     settings: dict[str, Any] = dict(
         enable_prefix_caching=True,
         max_model_len=256,
