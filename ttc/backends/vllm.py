@@ -55,7 +55,8 @@ CpuCores = Annotated[str | int, AfterValidator(_check_cores)]
 
 @contextlib.contextmanager
 def cpu_binding(cores: str | int | None) -> Iterator[None]:
-    """Bind the engine's worker to ``cores`` while it starts (vLLM reads the variable then).
+    """Bind the engine's worker to ``cores`` (checked by ``cpu_core_ids``) while it starts
+    (vLLM reads the variable then).
 
     vLLM's own binding on CPU pins the worker of every engine in a process to the same
     cores (all but one, which it leaves to the schedulers): a policy and its PRM would
@@ -65,7 +66,6 @@ def cpu_binding(cores: str | int | None) -> Iterator[None]:
     if cores is None:
         yield
         return
-    cpu_core_ids(cores)
     key, before = "VLLM_CPU_OMP_THREADS_BIND", os.environ.get("VLLM_CPU_OMP_THREADS_BIND")
     os.environ[key] = str(cores)
     try:
