@@ -7,7 +7,6 @@ tree) holds every shared prefix once.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 
 from ttc.answers import extract_answer
@@ -103,6 +102,8 @@ async def rollout(
 
 async def score(ctx: QueryContext, verifier: Verifier, nodes: list[Node]) -> None:
     """Set each node's score: the verifier's judgement of its newest step."""
-    scores = await asyncio.gather(*(verifier.score_partial(ctx.problem, n.steps, ctx) for n in nodes))
+    if not nodes:
+        return
+    scores = await verifier.score_partials(ctx.problem, [n.steps for n in nodes], ctx)
     for n, s in zip(nodes, scores, strict=True):
         n.score = s

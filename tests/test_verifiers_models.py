@@ -427,6 +427,27 @@ def test_reference_prm_as_orm_ranks_the_whole_chain(prm_engine: Any) -> None:
 
 
 @pytest.mark.engine
+def test_reference_prm_scores_a_searchs_new_nodes_in_one_call(prm_engine: Any) -> None:
+    prm = PRMVerifier(prm_engine)
+    partials = [prm.split(RIGHT)[:1], prm.split(RIGHT), prm.split(WRONG_END)]
+    ctx = ctx_for(PROBLEM, prm_engine)
+    calls: list[int] = []
+    score = ctx.score
+
+    async def counting(requests: list[ScoreRequest], *args: Any, **kw: Any) -> list[ScoreResult]:
+        calls.append(len(requests))
+        return await score(requests, *args, **kw)
+
+    ctx.score = counting  # type: ignore[method-assign]
+    together = asyncio.run(prm.score_partials(PROBLEM, partials, ctx))
+    assert calls == [3]  # one list of requests for the engine, not one call per node
+    assert ctx.ledger.usage("verifier").requests == 3
+    one_by_one = [asyncio.run(prm.score_partial(PROBLEM, steps, None)) for steps in partials]
+    assert together == pytest.approx(one_by_one, abs=1e-4)
+    assert together[1] > 0.5 > together[2]  # the right chain's last step, the wrong answer
+
+
+@pytest.mark.engine
 def test_reference_orm_separates_right_from_wrong(prm_engine: Any) -> None:
     good, bad = asyncio.run(ORMVerifier(prm_engine).verify_many(PROBLEM, [RIGHT, WRONG_END], None))
     assert good.score > 0.5 > bad.score

@@ -31,6 +31,15 @@ class Verifier(ABC):
         this to judge the newest step only."""
         return (await self.verify(problem, "".join(steps), ctx)).score
 
+    async def score_partials(
+        self, problem: Problem, partials: list[list[str]], ctx: QueryContext | None = None
+    ) -> list[float]:
+        """``score_partial`` of many partial solutions of one problem (a search's new nodes);
+        reward models send them to their engine as one list of requests."""
+        import asyncio
+
+        return list(await asyncio.gather(*(self.score_partial(problem, steps, ctx) for steps in partials)))
+
     async def verify_many(
         self, problem: Problem, completions: list[str], ctx: QueryContext | None = None
     ) -> list[Verdict]:

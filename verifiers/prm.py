@@ -75,9 +75,13 @@ class PRMVerifier(Verifier):
         return await self.score_prefixes(ctx, prefixes)
 
     async def score_partial(self, problem: Problem, steps: list[str], ctx: QueryContext | None = None) -> float:
-        prompt = ctx.prompt if ctx else problem.prompt
-        ids = self.backend.encode(prompt) + self.backend.encode_continuation("".join(steps))
-        return (await self.score_prefixes(ctx, [ids]))[0]
+        return (await self.score_partials(problem, [steps], ctx))[0]
+
+    async def score_partials(
+        self, problem: Problem, partials: list[list[str]], ctx: QueryContext | None = None
+    ) -> list[float]:
+        prompt = self.backend.encode(ctx.prompt if ctx else problem.prompt)
+        return await self.score_prefixes(ctx, [prompt + self.backend.encode_continuation("".join(s)) for s in partials])
 
     async def verify(self, problem: Problem, completion: str, ctx: QueryContext | None = None) -> Verdict:
         prompt = ctx.prompt if ctx else problem.prompt

@@ -212,6 +212,7 @@ class VLLMBackend(Backend):
                 include_stop_str_in_output=True,
                 seed=r.seed,
                 logprobs=0 if r.logprobs else None,
+                skip_clone=True,  # built for this request alone: vLLM's deep copy per request is waste
             )
             jobs.append((ids, params))
         outs = await self._batcher.submit(jobs)
@@ -258,10 +259,11 @@ class VLLMBackend(Backend):
                 raise BackendError("score needs a non-empty continuation")
             self.check_length(prompt + cont)
             if len(cont) == 1:
-                params = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=cont)
+                params = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=cont, skip_clone=True)
                 jobs.append((prompt, params))
             else:
-                jobs.append((prompt + cont, SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)))
+                params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, skip_clone=True)
+                jobs.append((prompt + cont, params))
             spans.append((len(prompt), cont))
         outs = await self._batcher.submit(jobs)
         results = []
