@@ -24,11 +24,15 @@ async def grade(problem, answer) -> bool:
     return equivalent(problem.answer, answer.answer)
 
 
-def run(strategy, engine) -> dict:
+def solve(strategy, engine) -> list[dict]:
     records = asyncio.run(run_queries(PROBLEMS, strategy, engine, grade, seed=1, progress=False))
     assert all(r["error"] is None for r in records), [r["error"] for r in records]
     assert all(r["answer"] is not None for r in records)
-    s = summarize(records)
+    return sorted(records, key=lambda r: r["id"])
+
+
+def run(strategy, engine) -> dict:
+    s = summarize(solve(strategy, engine))
     assert s["verifier_tokens"] > 0 and s["verifier_gpu_seconds"] > 0  # the PRM's work, kept apart
     assert s["kv_peak_tokens"] <= s["kv_peak_tokens_unshared"]
     return s
@@ -64,8 +68,10 @@ def test_strategy_runs_end_to_end(make, policy_engine, prm_engine) -> None:
     assert s["accuracy"] > 0
 
 
-def test_a_batch_cap_splits_the_batches_and_every_query_still_finishes(policy_engine, prm_engine) -> None:
-    """``max_batch`` splits lockstep queries into cohorts (one generates while the other is judged)."""
+def test_a_batch_cap_splits_the_batches_and_changes_no_answer(policy_engine, prm_engine) -> None:
+    """``max_batch`` splits lockstep queries into cohorts (one generates while the other is judged);
+    every branch carries its own seed, so how requests are grouped into batches changes no sample."""
+    uncapped = solve(BeamSearch(n=8, width=4, verifier=PRMVerifier(prm_engine)), policy_engine)
     sizes: list[int] = []
     batchers = [policy_engine._batcher, prm_engine._batcher]
     inner = [b._run_batch for b in batchers]
@@ -80,10 +86,12 @@ def test_a_batch_cap_splits_the_batches_and_every_query_still_finishes(policy_en
     try:
         for b, run_batch in zip(batchers, inner, strict=True):
             b.max_batch, b._run_batch = 16, recording(run_batch)
-        s = run(BeamSearch(n=8, width=4, verifier=PRMVerifier(prm_engine)), policy_engine)
+        capped = solve(BeamSearch(n=8, width=4, verifier=PRMVerifier(prm_engine)), policy_engine)
     finally:
         for b, run_batch in zip(batchers, inner, strict=True):
             b.max_batch, b._run_batch = None, run_batch
     assert sizes and max(sizes) <= 16
     assert sizes.count(16) >= 2  # a PRM step of 8 queries x 8 beams is 64 judgements: cut into four
+    s = summarize(capped)
     assert s["cached_tokens"] >= 0.95 * s["ideal_cached_tokens"], s
+    assert [(r["id"], r["completion"]) for r in capped] == [(r["id"], r["completion"]) for r in uncapped]
