@@ -4,7 +4,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import pytest
 
 from ttc.backends.base import EngineUnavailable
-from ttc.backends.batching import MicroBatcher, OnItsOwn
+from ttc.backends.batching import COHORT, MicroBatcher, OnItsOwn
 
 
 async def test_concurrent_submissions_meet_in_one_batch() -> None:
@@ -136,6 +136,69 @@ async def test_max_batch_lets_two_engines_work_at_once() -> None:
 
     assert await overlap(None) == 0.0
     assert await overlap(4) > 0.02
+
+
+async def test_a_batch_takes_one_cohort_the_longest_waiting_first() -> None:
+    batches: list[list[int]] = []
+
+    def run(jobs: Sequence[int], batch_id: int) -> list[int]:
+        batches.append(list(jobs))
+        return list(jobs)
+
+    b: MicroBatcher[int, int] = MicroBatcher(run, max_batch=3)
+
+    async def query(i: int) -> list[int]:
+        COHORT.set(i % 2)
+        return await b.submit([i])
+
+    assert await asyncio.gather(*(query(i) for i in [1, 0, 2, 3, 4, 6])) == [[i] for i in [1, 0, 2, 3, 4, 6]]
+    assert batches == [[1, 3], [0, 2, 4], [6]]  # cohort 1 was first to wait; the cap still holds
+
+
+async def test_cohorts_let_two_engines_work_at_once_without_a_cap() -> None:
+    """Lockstep queries in two cohorts: one is judged while the other generates."""
+    busy: dict[str, list[tuple[float, float]]] = {"gen": [], "judge": []}
+    loop = asyncio.get_running_loop()
+
+    def engine(name: str) -> Callable[[Sequence[int], int], Awaitable[list[int]]]:
+        async def run(jobs: Sequence[int], batch_id: int) -> list[int]:
+            assert len({j % 2 for j in jobs}) == 1  # never two cohorts in one batch
+            start = loop.time()
+            await asyncio.sleep(0.01)
+            busy[name].append((start, loop.time()))
+            return list(jobs)
+
+        return run
+
+    gen, judge = MicroBatcher(engine("gen")), MicroBatcher(engine("judge"))
+
+    async def query(i: int) -> None:
+        COHORT.set(i % 2)
+        for _ in range(4):
+            await gen.submit([i])
+            await judge.submit([i])
+
+    await asyncio.gather(*(query(i) for i in range(8)))
+    assert sum(max(0.0, min(a1, b1) - max(a0, b0)) for a0, a1 in busy["gen"] for b0, b1 in busy["judge"]) > 0.02
+
+
+@pytest.mark.parametrize("cohorts", [1, 2, 3])
+def test_run_queries_deals_queries_into_cohorts_that_batches_never_mix(cohorts: int) -> None:
+    from strategies.cot import CoT
+    from tests.fakes import ScriptedBackend
+    from ttc.datasets import arith_problems
+    from ttc.runner import run_queries
+
+    async def grade(problem: object, answer: object) -> bool:
+        return False
+
+    problems = arith_problems(limit=7, steps=2, seed=5)
+    backend = ScriptedBackend()
+    records = asyncio.run(run_queries(problems, CoT(), backend, grade, cohorts=cohorts, progress=False))
+    assert all(r["error"] is None for r in records)
+    cohort_of = {tuple(backend.encode(p.prompt)): i % cohorts for i, p in enumerate(problems)}
+    seen = [{cohort_of[tuple(backend.encode(r.prompt))] for r in batch} for batch in backend.calls]
+    assert seen == [{c} for c in range(cohorts)]  # one batch per cohort, the first-dealt first
 
 
 def test_max_batch_must_be_positive() -> None:

@@ -24,8 +24,8 @@ async def grade(problem, answer) -> bool:
     return equivalent(problem.answer, answer.answer)
 
 
-def solve(strategy, engine) -> list[dict]:
-    records = asyncio.run(run_queries(PROBLEMS, strategy, engine, grade, seed=1, progress=False))
+def solve(strategy, engine, cohorts: int = 1) -> list[dict]:
+    records = asyncio.run(run_queries(PROBLEMS, strategy, engine, grade, seed=1, cohorts=cohorts, progress=False))
     assert all(r["error"] is None for r in records), [r["error"] for r in records]
     assert all(r["answer"] is not None for r in records)
     return sorted(records, key=lambda r: r["id"])
@@ -95,3 +95,26 @@ def test_a_batch_cap_splits_the_batches_and_changes_no_answer(policy_engine, prm
     s = summarize(capped)
     assert s["cached_tokens"] >= 0.95 * s["ideal_cached_tokens"], s
     assert [(r["id"], r["completion"]) for r in capped] == [(r["id"], r["completion"]) for r in uncapped]
+
+
+def test_two_cohorts_keep_the_batches_apart_and_change_no_answer(policy_engine, prm_engine) -> None:
+    mcts = MCTS(simulations=12, branching=4, parallel=4, verifier=PRMVerifier(prm_engine))
+    one = solve(mcts, policy_engine)
+    batches: list[set[str]] = []
+    run_batch = policy_engine._batcher._run_batch
+
+    def recording(jobs, batch_id):
+        texts = policy_engine.tokenizer.batch_decode([ids for ids, _ in jobs], skip_special_tokens=True)
+        batches.append({t.split("=?")[0] for t in texts})
+        return run_batch(jobs, batch_id)
+
+    policy_engine._batcher._run_batch = recording
+    try:
+        two = solve(mcts, policy_engine, cohorts=2)
+    finally:
+        policy_engine._batcher._run_batch = run_batch
+    cohort = {p.prompt.split("=?")[0]: i % 2 for i, p in enumerate(PROBLEMS)}
+    assert all(len({cohort[q] for q in b}) == 1 for b in batches), batches
+    assert {cohort[q] for b in batches for q in b} == {0, 1}
+    same = [(r["id"], r["answer"], r["completion"]) for r in one]
+    assert [(r["id"], r["answer"], r["completion"]) for r in two] == same

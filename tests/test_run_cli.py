@@ -32,6 +32,7 @@ def run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
         (["backend=http", "strategy=beam_search", "verifier=prm"], "verifier.engine.endpoints"),
         (["verifier=math", "+verifier.engine.endpoints=[http://127.0.0.1:9]"], "verifier.engine"),
         (["verifier=prm", "+verifier.engine.gpu_memory_utilization=lots"], "verifier.engine.gpu_memory_utilization"),
+        (["cohorts=0"], "cohorts"),
     ],
 )
 def test_bad_config_fails_fast_with_one_line(tmp_path: Path, args: list[str], key: str) -> None:

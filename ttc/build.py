@@ -62,6 +62,7 @@ class RunSpec:
     verifier_engine: dict[str, Any] = field(default_factory=dict)  # backend settings of the verifier's own engine
     seed: int = 0
     concurrency: int = 64
+    cohorts: int = 1
     usd_per_gpu_hour: float = 0.0
     progress: bool = True
 
@@ -117,6 +118,9 @@ def check_config(cfg: DictConfig) -> RunSpec:
     for key in ("concurrency", "seed"):
         if not isinstance(cfg.get(key), int) or cfg.get(key) < 0:
             raise ConfigError(f"{key}: must be a non-negative integer (got {cfg.get(key)!r})")
+    cohorts = cfg.get("cohorts", 1)
+    if not isinstance(cohorts, int) or isinstance(cohorts, bool) or cohorts < 1:
+        raise ConfigError(f"cohorts: must be a positive integer (got {cohorts!r})")
     return RunSpec(
         model=model,
         backend_name=b_name,
@@ -130,6 +134,7 @@ def check_config(cfg: DictConfig) -> RunSpec:
         dataset_args=d_args,
         seed=cfg.seed,
         concurrency=max(1, cfg.concurrency),
+        cohorts=cohorts,
         usd_per_gpu_hour=float(cfg.cost.usd_per_gpu_hour),
         progress=bool(cfg.get("progress", True)),
     )

@@ -49,6 +49,7 @@ def execute(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                 built.grade,
                 results_path=results,
                 concurrency=spec.concurrency,
+                cohorts=spec.cohorts,
                 seed=spec.seed,
                 format_prompt=built.format_prompt,
                 step_delimiter=spec.model.step_delimiter,

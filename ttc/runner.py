@@ -18,6 +18,7 @@ from typing import Any
 from tqdm import tqdm
 
 from ttc.backends.base import Backend
+from ttc.backends.batching import COHORT
 from ttc.context import QueryContext
 from ttc.ledger import Ledger
 from ttc.types import KVGeometry, Problem
@@ -77,6 +78,7 @@ async def run_queries(
     *,
     results_path: Path | None = None,
     concurrency: int = 64,
+    cohorts: int = 1,
     seed: int = 0,
     format_prompt: Callable[[Problem], str] = lambda p: p.prompt,
     step_delimiter: str = "\n",
@@ -84,7 +86,11 @@ async def run_queries(
     verifier_kv: KVGeometry | None = None,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """Solve, grade and record every problem not already in ``results_path``."""
+    """Solve, grade and record every problem not already in ``results_path``.
+
+    ``cohorts``: the queries are dealt into this many groups and an engine batch takes
+    one group's requests only (``MicroBatcher``), so that with two, a policy generates for
+    one group while its reward model judges the other."""
     if results_path:
         drop_torn_tail(results_path)
     done = {r["id"] for r in read_records(results_path) if r.get("error") is None} if results_path else set()
@@ -96,7 +102,8 @@ async def run_queries(
     started = time.perf_counter()
     tokens = [0]
 
-    async def one(problem: Problem) -> None:
+    async def one(problem: Problem, cohort: int) -> None:
+        COHORT.set(cohort)  # this query's task only: its requests carry its cohort
         async with sem:
             t0 = time.perf_counter()
             ledger = Ledger(backend.kv, backend.block_size, verifier_kv)
@@ -130,7 +137,7 @@ async def run_queries(
             )
 
     try:
-        await asyncio.gather(*(one(p) for p in todo))
+        await asyncio.gather(*(one(p, i % max(1, cohorts)) for i, p in enumerate(todo)))
     finally:
         bar.close()
         if sink:

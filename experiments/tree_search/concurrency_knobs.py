@@ -5,8 +5,9 @@
 
 default: the engines as ttc starts them (vLLM's binding puts both engines' workers on
 core 0, leaving core 1 to the front end); bind: each engine on a core of its own
-(``cpu_cores``); cohorts: that, and each engine's batches capped at half its largest
-(``max_batch``), so that half the trees expand while the other half are judged.
+(``cpu_cores``); cohorts: that, and the queries dealt into two cohorts that no engine
+batch mixes (``run_queries(cohorts=2)``), so that half the trees expand while the other
+half are judged.
 
 ceiling: what batching alone buys each engine on this machine, the bound on any of the
 above: tokens per second of 512 sequences against 16 (one query's MCTS wave), for the
@@ -128,7 +129,6 @@ def main() -> None:
     if mode == "ceiling":
         print(json.dumps({"mode": mode, **ceiling(policy, prm.backend)}), flush=True)
         return
-    largest = dict.fromkeys(engines, 1)
     busy = dict.fromkeys(engines, 0.0)
     steps = dict.fromkeys(engines, 0)
     for name, b in engines.items():
@@ -136,7 +136,6 @@ def main() -> None:
         step = engine.step
 
         def recording(jobs: Any, batch_id: int, name: str = name, run_batch: Any = run_batch) -> Any:
-            largest[name] = max(largest[name], len(jobs))
             t = time.perf_counter()
             try:
                 return run_batch(jobs, batch_id)
@@ -149,20 +148,19 @@ def main() -> None:
 
         b._batcher._run_batch, engine.step = recording, counting
     problems = arith_problems(limit=64, steps=6, seed=2024)
+    cohorts = 2 if mode == "cohorts" else 1
     mcts = MCTS(simulations=16, branching=4, parallel=4, verifier=prm)
 
     def wall(concurrency: int) -> tuple[float, list[dict[str, Any]]]:
         t = time.perf_counter()
         records = asyncio.run(
-            run_queries(problems, mcts, policy, _grade, concurrency=concurrency, seed=2024, progress=False)
+            run_queries(
+                problems, mcts, policy, _grade, concurrency=concurrency, cohorts=cohorts, seed=2024, progress=False
+            )
         )
         return time.perf_counter() - t, records
 
     wall(64)  # warm-up
-    caps = {}
-    if mode == "cohorts":  # one at a time, no batch comes near the caps
-        for name, b in engines.items():
-            b._batcher.max_batch = caps[name] = -(-largest[name] // 2)
     for name in engines:
         busy[name], steps[name] = 0.0, 0
     cpu_before = cpu_seconds()
@@ -198,11 +196,8 @@ def main() -> None:
         "speedup": statistics.median(s / c for c, s in pairs),  # of each pair's ratio
         **({"pairs": [[round(c, 2), round(s, 2)] for c, s in pairs]} if repeats > 1 else {}),
     }
-    extra = {"max_batch": caps} if caps else {}
     print(
-        json.dumps(
-            {**result, **extra, "one_core_gflops": round(rate, 1), "concurrent_run": concurrent_run, "cpu_seconds": cpu}
-        ),
+        json.dumps({**result, "one_core_gflops": round(rate, 1), "concurrent_run": concurrent_run, "cpu_seconds": cpu}),
         flush=True,
     )
 

@@ -7,10 +7,13 @@ one batch from a worker thread, so the event loop keeps filling the next batch
 while the engine runs this one. A coroutine ``run_batch`` (a remote engine) is
 awaited on the loop instead.
 
-``max_batch`` caps a batch; the rest wait for the next one. With two engines (a
-policy and its PRM), that splits lockstep queries into cohorts: while one cohort
-generates, the other is judged, so both engines work at once where each has its
-own cores or device, instead of taking turns.
+Cohorts. With two engines (a policy and its PRM), lockstep queries make them take
+turns: every query generates, then every query is judged. ``run_queries(cohorts=2)``
+tags each query's requests with its cohort (``COHORT``, a context variable the
+query's task carries), and a batch takes the requests of one cohort only, the
+longest-waiting first: while one cohort generates, the other is judged, so both
+engines work at once where each has its own cores or device. ``max_batch`` caps a
+batch's size; the rest wait for the next one.
 """
 
 from __future__ import annotations
@@ -19,12 +22,15 @@ import asyncio
 import inspect
 import itertools
 from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
 from typing import Generic, TypeVar
 
 from ttc.backends.base import EngineUnavailable
 
 J = TypeVar("J")
 R = TypeVar("R")
+
+COHORT: ContextVar[int] = ContextVar("ttc_cohort", default=0)
 
 
 class MicroBatcher(Generic[J, R]):
@@ -39,14 +45,15 @@ class MicroBatcher(Generic[J, R]):
             raise ValueError(f"max_batch must be a positive number of requests or null (got {max_batch})")
         self._run_batch = run_batch
         self.max_batch = max_batch
-        self._pending: list[tuple[J, asyncio.Future[R]]] = []
+        self._pending: list[tuple[J, asyncio.Future[R], int]] = []
         self._drainer: asyncio.Task[None] | None = None
         self._ids = itertools.count(1)
 
     async def submit(self, jobs: Sequence[J]) -> list[R]:
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[R]] = [loop.create_future() for _ in jobs]
-        self._pending.extend(zip(jobs, futures, strict=True))
+        cohort = COHORT.get()
+        self._pending.extend((job, fut, cohort) for job, fut in zip(jobs, futures, strict=True))
         if self._drainer is None or self._drainer.done():
             self._drainer = loop.create_task(self._drain())
         return list(await asyncio.gather(*futures))
@@ -68,24 +75,29 @@ class MicroBatcher(Generic[J, R]):
         while self._pending:
             await self._settle()
             cut = len(self._pending) if self.max_batch is None else self.max_batch
-            batch, self._pending = self._pending[:cut], self._pending[cut:]
-            jobs = [j for j, _ in batch]
+            cohort = self._pending[0][2]
+            batch: list[tuple[J, asyncio.Future[R], int]] = []
+            rest: list[tuple[J, asyncio.Future[R], int]] = []
+            for item in self._pending:
+                (batch if item[2] == cohort and len(batch) < cut else rest).append(item)
+            self._pending = rest
+            jobs = [j for j, _, _ in batch]
             try:
                 results = await self._run(jobs)
             except EngineUnavailable as exc:  # no engine to run any of them: rerunning one by one won't help
-                for _, fut in batch:
+                for _, fut, _ in batch:
                     if not fut.done():
                         fut.set_exception(exc)
                 continue
             except Exception:
                 results = None
             if results is not None:
-                for (_, fut), res in zip(batch, results, strict=True):
+                for (_, fut, _), res in zip(batch, results, strict=True):
                     if not fut.done():
                         fut.set_result(res)
                 continue
             # One bad request must not fail its batch-mates: rerun them one by one.
-            for job, fut in batch:
+            for job, fut, _ in batch:
                 try:
                     (res,) = await self._run([job])
                 except Exception as exc:
