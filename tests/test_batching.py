@@ -106,36 +106,39 @@ async def test_max_batch_caps_batches_and_keeps_every_result_with_its_job() -> N
     assert [len(x) for x in batches] == [5, 5, 5, 1]
 
 
+async def lockstep_overlap(cap: int | None = None, cohorts: int = 1) -> float:
+    """Seconds two stand-in engines (10 ms a batch) are busy at once while 8 queries, dealt
+    into ``cohorts``, each generate and then are judged, 4 times over; no batch may mix cohorts."""
+    busy: dict[str, list[tuple[float, float]]] = {"gen": [], "judge": []}
+    loop = asyncio.get_running_loop()
+
+    def engine(name: str) -> Callable[[Sequence[int], int], Awaitable[list[int]]]:
+        async def run(jobs: Sequence[int], batch_id: int) -> list[int]:
+            assert len({j % cohorts for j in jobs}) == 1  # never two cohorts in one batch
+            start = loop.time()
+            await asyncio.sleep(0.01)
+            busy[name].append((start, loop.time()))
+            return list(jobs)
+
+        return run
+
+    gen, judge = MicroBatcher(engine("gen"), max_batch=cap), MicroBatcher(engine("judge"), max_batch=cap)
+
+    async def query(i: int) -> None:
+        COHORT.set(i % cohorts)
+        for _ in range(4):
+            await gen.submit([i])
+            await judge.submit([i])
+
+    await asyncio.gather(*(query(i) for i in range(8)))
+    return sum(max(0.0, min(a1, b1) - max(a0, b0)) for a0, a1 in busy["gen"] for b0, b1 in busy["judge"])
+
+
 async def test_max_batch_lets_two_engines_work_at_once() -> None:
-    """Queries that generate, then are judged, in lockstep: with batches capped at half the
-    queries, one cohort is judged while the other generates; uncapped, the engines take turns."""
-
-    async def overlap(cap: int | None) -> float:
-        busy: dict[str, list[tuple[float, float]]] = {"gen": [], "judge": []}
-        loop = asyncio.get_running_loop()
-
-        def engine(name: str) -> Callable[[Sequence[int], int], Awaitable[list[int]]]:  # 10 ms a batch
-            async def run(jobs: Sequence[int], batch_id: int) -> list[int]:
-                start = loop.time()
-                await asyncio.sleep(0.01)
-                busy[name].append((start, loop.time()))
-                return list(jobs)
-
-            return run
-
-        gen = MicroBatcher(engine("gen"), max_batch=cap)
-        judge = MicroBatcher(engine("judge"), max_batch=cap)
-
-        async def query(i: int) -> None:
-            for _ in range(4):
-                await gen.submit([i])
-                await judge.submit([i])
-
-        await asyncio.gather(*(query(i) for i in range(8)))
-        return sum(max(0.0, min(a1, b1) - max(a0, b0)) for a0, a1 in busy["gen"] for b0, b1 in busy["judge"])
-
-    assert await overlap(None) == 0.0
-    assert await overlap(4) > 0.02
+    """With batches capped at half the queries, one cohort is judged while the other
+    generates; uncapped, the engines take turns."""
+    assert await lockstep_overlap() == 0.0
+    assert await lockstep_overlap(cap=4) > 0.02
 
 
 async def test_a_batch_takes_one_cohort_the_longest_waiting_first() -> None:
@@ -156,30 +159,7 @@ async def test_a_batch_takes_one_cohort_the_longest_waiting_first() -> None:
 
 
 async def test_cohorts_let_two_engines_work_at_once_without_a_cap() -> None:
-    """Lockstep queries in two cohorts: one is judged while the other generates."""
-    busy: dict[str, list[tuple[float, float]]] = {"gen": [], "judge": []}
-    loop = asyncio.get_running_loop()
-
-    def engine(name: str) -> Callable[[Sequence[int], int], Awaitable[list[int]]]:
-        async def run(jobs: Sequence[int], batch_id: int) -> list[int]:
-            assert len({j % 2 for j in jobs}) == 1  # never two cohorts in one batch
-            start = loop.time()
-            await asyncio.sleep(0.01)
-            busy[name].append((start, loop.time()))
-            return list(jobs)
-
-        return run
-
-    gen, judge = MicroBatcher(engine("gen")), MicroBatcher(engine("judge"))
-
-    async def query(i: int) -> None:
-        COHORT.set(i % 2)
-        for _ in range(4):
-            await gen.submit([i])
-            await judge.submit([i])
-
-    await asyncio.gather(*(query(i) for i in range(8)))
-    assert sum(max(0.0, min(a1, b1) - max(a0, b0)) for a0, a1 in busy["gen"] for b0, b1 in busy["judge"]) > 0.02
+    assert await lockstep_overlap(cohorts=2) > 0.02
 
 
 @pytest.mark.parametrize("cohorts", [1, 2, 3])
