@@ -115,12 +115,11 @@ def check_config(cfg: DictConfig) -> RunSpec:
     elif v_engine:
         raise ConfigError(f"verifier.engine: verifier {v_name} runs no model of its own")
     b_args = check_args(backend_cls, b_args, "backend")
-    for key in ("concurrency", "seed"):
-        if not isinstance(cfg.get(key), int) or cfg.get(key) < 0:
-            raise ConfigError(f"{key}: must be a non-negative integer (got {cfg.get(key)!r})")
-    cohorts = cfg.get("cohorts", 1)
-    if not isinstance(cohorts, int) or isinstance(cohorts, bool) or cohorts < 1:
-        raise ConfigError(f"cohorts: must be a positive integer (got {cohorts!r})")
+    for key, least in (("concurrency", 0), ("seed", 0), ("cohorts", 1)):
+        value = cfg.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            kind = "non-negative" if least == 0 else "positive"
+            raise ConfigError(f"{key}: must be a {kind} integer (got {value!r})")
     return RunSpec(
         model=model,
         backend_name=b_name,
@@ -134,7 +133,7 @@ def check_config(cfg: DictConfig) -> RunSpec:
         dataset_args=d_args,
         seed=cfg.seed,
         concurrency=max(1, cfg.concurrency),
-        cohorts=cohorts,
+        cohorts=cfg.cohorts,
         usd_per_gpu_hour=float(cfg.cost.usd_per_gpu_hour),
         progress=bool(cfg.get("progress", True)),
     )
