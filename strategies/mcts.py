@@ -111,7 +111,13 @@ class MCTS(Strategy):
         """The tree and the finished chains, each valued by its mean backed-up value."""
         tree = root(ctx)
         finished: list[Node] = []
-        opts = dict(temperature=self.temperature, max_step_tokens=self.max_step_tokens, max_depth=self.max_depth)
+        # PUCT's priors are the children's log-probabilities, which engines return only when asked.
+        opts = dict(
+            temperature=self.temperature,
+            max_step_tokens=self.max_step_tokens,
+            max_depth=self.max_depth,
+            logprobs=self.selection == "puct",
+        )
         sims = 0
         while sims < self.simulations:
             wave = min(self.parallel, self.simulations - sims)
@@ -161,4 +167,3 @@ def _most_visited_leaf(node: Node) -> Node:
     while node.children:
         node = max(node.children, key=lambda c: c.visits)
     return node
-

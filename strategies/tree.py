@@ -21,7 +21,7 @@ class Node:
     steps: list[str] = field(default_factory=list)
     done: bool = False
     score: float = 0.0  # verifier's judgement of the newest step
-    logprob: float = 0.0  # the newest step's log-probability under the policy
+    logprob: float = 0.0  # the newest step's log-probability under the policy (0 unless expand asked)
     parent: Node | None = None
     children: list[Node] = field(default_factory=list)
     visits: float = 0.0  # MCTS statistics (float: virtual loss adds and removes)
@@ -55,16 +55,20 @@ async def expand(
     temperature: float = 1.0,
     max_step_tokens: int = 48,
     max_depth: int = 12,
+    logprobs: bool = False,
 ) -> list[list[Node]]:
     """Sample ``k`` next steps for every parent (or ``k[i]`` for parent i), all in
-    one engine call, one request with ``n=k`` per parent."""
+    one engine call, one request with ``n=k`` per parent. ``logprobs``: fill each
+    child's ``logprob`` (engines report it only when asked)."""
     if not parents:
         return []
     delim = ctx.step_delimiter
     ks = k if isinstance(k, list) else [k] * len(parents)
     results = await ctx.generate(
         [
-            GenRequest(prompt=p.ids, n=n, temperature=temperature, max_tokens=max_step_tokens, stop=[delim])
+            GenRequest(
+                prompt=p.ids, n=n, temperature=temperature, max_tokens=max_step_tokens, stop=[delim], logprobs=logprobs
+            )
             for p, n in zip(parents, ks, strict=True)
         ]
     )

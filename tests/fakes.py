@@ -74,8 +74,16 @@ class ScriptedBackend(Backend):
                 finish = "stop"
                 if not (r.stop and text.endswith(tuple(r.stop))):
                     tok = [*tok, self.eos]
+                # Like the real engines: log-probabilities only when the request asks.
+                lps = [-1.0] * len(tok) if r.logprobs else None
                 comps.append(
-                    Completion(token_ids=tok, text=text, cumulative_logprob=-float(len(tok)), finish_reason=finish)
+                    Completion(
+                        token_ids=tok,
+                        text=text,
+                        cumulative_logprob=sum(lps) if lps is not None else None,
+                        logprobs=lps,
+                        finish_reason=finish,
+                    )
                 )
             out.append(GenResult(prompt_token_ids=ids, completions=comps, batch_id=batch_id, engine_seconds=0.01))
         return out

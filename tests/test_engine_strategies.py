@@ -118,3 +118,13 @@ def test_two_cohorts_keep_the_batches_apart_and_change_no_answer(policy_engine, 
     assert {cohort[q] for b in batches for q in b} == {0, 1}
     same = [(r["id"], r["answer"], r["completion"]) for r in one]
     assert [(r["id"], r["answer"], r["completion"]) for r in two] == same
+
+
+def test_mcts_priors_are_the_policys_step_probabilities(policy_engine, prm_engine) -> None:
+    from ttc.context import QueryContext
+
+    mcts = MCTS(simulations=4, branching=4, parallel=4, verifier=PRMVerifier(prm_engine))
+    tree, _ = asyncio.run(mcts.search(QueryContext(PROBLEMS[0], policy_engine, seed=3)))
+    priors = [kid.logprob for kid in tree.children]
+    # vLLM reports a step's log-probability only when asked; unasked, every prior was 0
+    assert len(priors) == 4 and all(p < 0 for p in priors) and len(set(priors)) > 1, priors

@@ -10,6 +10,7 @@ from strategies.beam_search import BeamSearch
 from strategies.dvts import DVTS
 from strategies.mcts import MCTS
 from strategies.particle_filter import ParticleFilter
+from strategies.tree import Node
 from strategies.verify_revise import VerifyRevise
 from tests.fakes import ScriptedBackend
 from ttc.context import QueryContext
@@ -121,6 +122,27 @@ def test_mcts_virtual_loss_is_fully_removed() -> None:
         if n.visits:
             assert 0.0 <= n.value_sum / n.visits <= 1.0
     assert tree.visits == 12
+
+
+@pytest.mark.parametrize("selection", ["puct", "uct"])
+def test_mcts_asks_the_engine_for_step_logprobs_when_puct_needs_priors(selection: str) -> None:
+    b = ScriptedBackend(p_correct=0.5)
+    mcts = MCTS(simulations=8, branching=3, parallel=4, selection=selection, verifier=PRMVerifier(b))
+    tree, _ = asyncio.run(mcts.search(QueryContext(PROBLEMS[0], b)))
+    puct = selection == "puct"
+    expansions = [r for call in b.calls for r in call if r.stop]  # (a rollout runs to the answer: no stop)
+    assert expansions and all(r.logprobs is puct for r in expansions)
+    # the stand-in, like the engines, reports a step's log-probability only when asked
+    assert tree.children and all((kid.logprob < 0) is puct for kid in tree.children)
+
+
+@pytest.mark.parametrize("first", [-1.0, -6.0])
+def test_puct_prefers_the_unvisited_step_the_policy_finds_likelier(first: float) -> None:
+    parent = Node(ids=[], visits=1.0)
+    a = Node(ids=[], steps=["a"], logprob=first, parent=parent)
+    b = Node(ids=[], steps=["b"], logprob=-7.0 - first, parent=parent)
+    parent.children = [a, b]
+    assert MCTS(selection="puct").select_leaf(parent) is (a if first > -3.5 else b)
 
 
 def test_verify_revise_resamples_from_the_first_bad_step() -> None:

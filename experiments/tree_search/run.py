@@ -9,7 +9,7 @@ Three measurements, one process, one pair of engines (policy + PRM):
 2. accuracy at matched generated-token budgets on a hard setting: majority vote
    over N in {1..64} against PRM beam search, DVTS, MCTS, particle filtering;
 3. wall time of 64 MCTS queries run concurrently against the same 64 one at a time.
-Writes results.json and results.md beside this file.
+Writes results.json beside this file (results.md's tables are taken from it).
 """
 
 from __future__ import annotations
