@@ -49,6 +49,24 @@ def test_stop_strings_end_a_step_and_are_kept(policy_engine) -> None:
         assert c.text.endswith("\n") and c.text.count("\n") == 1
 
 
+def test_a_one_token_stop_string_also_stops_in_the_engine_with_the_same_steps(policy_engine) -> None:
+    from vllm import SamplingParams, TokensPrompt
+
+    req = GenRequest(prompt="Q:12+7*3-5=?\n", n=8, stop=["\n"], max_tokens=40, seed=2)
+    params = policy_engine.sampling_params(req)
+    assert params.stop_token_ids == policy_engine.encode_continuation("\n")
+    two_tokens = policy_engine.sampling_params(req.model_copy(update={"stop": ["5\n"]}))
+    assert not two_tokens.stop_token_ids  # only a string match can find it
+    strings_only = SamplingParams(
+        n=8, temperature=req.temperature, max_tokens=40, stop=["\n"], include_stop_str_in_output=True, seed=2
+    )
+    prompt = TokensPrompt(prompt_token_ids=policy_engine.encode(req.prompt))
+    fast, slow = (policy_engine.llm.generate([prompt], p, use_tqdm=False)[0] for p in (params, strings_only))
+    steps = [(c.text, list(c.token_ids), c.finish_reason) for c in slow.outputs]
+    assert [(c.text, list(c.token_ids), c.finish_reason) for c in fast.outputs] == steps
+    assert all(text.endswith("\n") for text, _, _ in steps)
+
+
 def test_shared_prefix_reports_cached_tokens(policy_engine) -> None:
     prefix = "Q:" + "+".join(["11"] * 24) + "=?\n"  # 75 tokens: two full 32-token blocks
     first = asyncio.run(policy_engine.generate([GenRequest(prompt=prefix, max_tokens=4, seed=3)]))

@@ -60,8 +60,8 @@ def cpu_binding(cores: str | int | None) -> Iterator[None]:
 
     vLLM's own binding on CPU pins the worker of every engine in a process to the same
     cores (all but one, which it leaves to the schedulers): a policy and its PRM would
-    share them. Each with cores of its own, a batch cap (``max_batch``) lets both compute
-    at once.
+    share them. Each with cores of its own, both compute at once when their batches do not
+    wait on each other (``cohorts``, ``batching.py``).
     """
     if cores is None:
         yield
@@ -177,6 +177,7 @@ class VLLMBackend(Backend):
         geo = kv_geometry(mc.hf_config, "auto")
         self.kv = geo.model_copy(update={"dtype_bytes": kv_dtype_bytes(cc.cache_dtype, str(mc.dtype))})
         self._batcher: MicroBatcher[tuple[list[int], Any], Any] = MicroBatcher(self._run, max_batch)
+        self._stop_id_cache: dict[tuple[str, ...], list[int]] = {}
 
     # -- engine side (worker thread) ------------------------------------------------
     def _run(self, jobs: Sequence[tuple[list[int], Any]], batch_id: int) -> list[tuple[Any, int, float]]:
@@ -197,26 +198,39 @@ class VLLMBackend(Backend):
 
     # -- protocol -----------------------------------------------------------------------
     async def generate(self, requests: list[GenRequest]) -> list[GenResult]:
-        from vllm import SamplingParams
-
         jobs = []
         for r in requests:
             ids = self.encode(r.prompt)
             self.check_length(ids, r.max_tokens)
-            params = SamplingParams(
-                n=r.n,
-                temperature=r.temperature,
-                top_p=r.top_p,
-                max_tokens=r.max_tokens,
-                stop=r.stop or None,
-                include_stop_str_in_output=True,
-                seed=r.seed,
-                logprobs=0 if r.logprobs else None,
-                skip_clone=True,  # built for this request alone: vLLM's deep copy per request is waste
-            )
-            jobs.append((ids, params))
+            jobs.append((ids, self.sampling_params(r)))
         outs = await self._batcher.submit(jobs)
         return [self._gen_result(o, b, s, r.logprobs) for (o, b, s), r in zip(outs, requests, strict=True)]
+
+    def sampling_params(self, r: GenRequest) -> Any:
+        from vllm import SamplingParams
+
+        return SamplingParams(
+            n=r.n,
+            temperature=r.temperature,
+            top_p=r.top_p,
+            max_tokens=r.max_tokens,
+            stop=r.stop or None,
+            # A stop string that is one token also stops in the engine, at that token: the
+            # front end finds strings a step or more later, and the engine decodes on meanwhile.
+            stop_token_ids=self._stop_ids(tuple(r.stop)) or None,
+            include_stop_str_in_output=True,
+            seed=r.seed,
+            logprobs=0 if r.logprobs else None,
+            flat_logprobs=True,  # flat lists, not a dict and an object per token: the front end's time
+            skip_clone=True,  # built for this request alone: vLLM's deep copy per request is waste
+        )
+
+    def _stop_ids(self, stop: tuple[str, ...]) -> list[int]:
+        if stop not in self._stop_id_cache:  # a handful of step delimiters per engine
+            ids = [self.encode_continuation(s) for s in stop]
+            one = [t[0] for t, s in zip(ids, stop, strict=True) if len(t) == 1 and self.tokenizer.decode(t) == s]
+            self._stop_id_cache[stop] = one
+        return self._stop_id_cache[stop]
 
     @staticmethod
     def _gen_result(out: Any, batch_id: int, seconds: float, want_logprobs: bool) -> GenResult:
@@ -224,7 +238,8 @@ class VLLMBackend(Backend):
         for c in out.outputs:
             lps = None
             if want_logprobs and c.logprobs is not None:
-                lps = [step[t].logprob for step, t in zip(c.logprobs, c.token_ids, strict=True)]
+                # logprobs=0: each position holds the sampled token's alone
+                lps = [c.logprobs.logprobs[i] for i in c.logprobs.start_indices]
             completions.append(
                 Completion(
                     token_ids=list(c.token_ids),
