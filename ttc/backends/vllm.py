@@ -207,6 +207,7 @@ class VLLMBackend(Backend):
         return [self._gen_result(o, b, s, r.logprobs) for (o, b, s), r in zip(outs, requests, strict=True)]
 
     def sampling_params(self, r: GenRequest) -> Any:
+        """vLLM's ``SamplingParams`` for one request, as ``generate`` sends it."""
         from vllm import SamplingParams
 
         return SamplingParams(
