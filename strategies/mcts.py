@@ -3,6 +3,7 @@
     repeat simulations / parallel times:
         select `parallel` leaves by PUCT (or UCT), adding virtual loss along each path
             so the next selection in the same wave goes elsewhere
+            (PUCT's prior of a child: the policy's probability of its step, softmax over siblings)
         expand every selected leaf: k next steps in one request (n=k)
         evaluate each child: PRM value of its step, and/or a rollout to a final answer
         backpropagate the values along each path; remove the virtual loss
