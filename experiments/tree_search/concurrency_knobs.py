@@ -1,13 +1,15 @@
 """64 MCTS queries at once against the same 64 one at a time, under several vLLM CPU set-ups.
 
-    python experiments/tree_search/concurrency_knobs.py default|bind|cohorts [REPEATS]
+    python experiments/tree_search/concurrency_knobs.py default|bind|cohorts|async [REPEATS]
     python experiments/tree_search/concurrency_knobs.py ceiling
 
 default: the engines as ttc starts them (vLLM's binding puts both engines' workers on
 core 0, leaving core 1 to the front end); bind: each engine on a core of its own
 (``cpu_cores``); cohorts: that, and the queries dealt into two cohorts that no engine
 batch mixes (``run_queries(cohorts=2)``), so that half the trees expand while the other
-half are judged.
+half are judged; async: cohorts with vLLM's asynchronous scheduler (the engine core
+schedules the next step while the worker computes this one), which vLLM's CPU platform
+turns off ("not required on CPU") and this mode turns back on.
 
 ceiling: what batching alone buys each engine on this machine, the bound on any of the
 above: tokens per second of 512 sequences against 16 (one query's MCTS wave), for the
@@ -110,11 +112,27 @@ def ceiling(policy: Any, prm: Any) -> dict[str, Any]:
     return out
 
 
+def keep_async_scheduling() -> None:
+    """Leave vLLM's async scheduler on for the engines this process starts: their config is
+    built here, and the CPU platform's config hook is what turns it off."""
+    from vllm.platforms.cpu import CpuPlatform
+
+    turn_off = CpuPlatform.check_and_update_config.__func__
+
+    def keep_on(cls: Any, vllm_config: Any) -> None:
+        turn_off(cls, vllm_config)
+        vllm_config.scheduler_config.async_scheduling = True
+
+    CpuPlatform.check_and_update_config = classmethod(keep_on)
+
+
 def main() -> None:
     mode = sys.argv[1] if len(sys.argv) > 1 else "default"
     repeats = int(sys.argv[2]) if len(sys.argv) > 2 else 1
-    if mode not in ("default", "bind", "cohorts", "ceiling"):
-        raise SystemExit(f"mode must be default, bind, cohorts or ceiling (got {mode!r})")
+    if mode not in ("default", "bind", "cohorts", "async", "ceiling"):
+        raise SystemExit(f"mode must be default, bind, cohorts, async or ceiling (got {mode!r})")
+    if mode == "async":
+        keep_async_scheduling()
     from strategies.mcts import MCTS
     from ttc.backends.vllm import VLLMBackend
     from ttc.datasets import arith_problems
@@ -148,7 +166,7 @@ def main() -> None:
 
         b._batcher._run_batch, engine.step = recording, counting
     problems = arith_problems(limit=64, steps=6, seed=2024)
-    cohorts = 2 if mode == "cohorts" else 1
+    cohorts = 2 if mode in ("cohorts", "async") else 1
     mcts = MCTS(simulations=16, branching=4, parallel=4, verifier=prm)
 
     def wall(concurrency: int) -> tuple[float, list[dict[str, Any]]]:
@@ -191,6 +209,7 @@ def main() -> None:
         run["matmul_s_one_core"] = round(run["matmul_gflop"] / rate, 2)
     result = {
         "mode": mode,
+        "async_scheduling": bool(policy.llm.llm_engine.vllm_config.scheduler_config.async_scheduling),
         "concurrent_s": statistics.median(c for c, _ in pairs),
         "sequential_s": statistics.median(s for _, s in pairs),
         "speedup": statistics.median(s / c for c, s in pairs),  # of each pair's ratio
