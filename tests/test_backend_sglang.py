@@ -157,6 +157,43 @@ def test_tree_search_with_the_prm_hits_the_radix_cache(policy: Any, prm: Any, ca
             )
 
 
+def test_two_cohorts_run_the_policy_and_the_prm_engine_at_once(policy: Any, prm: Any) -> None:
+    """With two cohorts the policy's batch of one and the PRM's of the other run in two
+    threads at once: each engine must have an event loop of its own (both once took the
+    process's, and every query failed with "this event loop is already running")."""
+    import time
+
+    spans: dict[str, list[tuple[float, float]]] = {"policy": [], "prm": []}
+
+    def timed(name: str, run_batch: Any) -> Any:
+        def run(jobs: Any, batch_id: int) -> Any:
+            start = time.perf_counter()
+            try:
+                return run_batch(jobs, batch_id)
+            finally:
+                spans[name].append((start, time.perf_counter()))
+
+        return run
+
+    engines = {"policy": policy, "prm": prm}
+    inner = {name: b._batcher._run_batch for name, b in engines.items()}
+    for name, b in engines.items():
+        b._batcher._run_batch = timed(name, inner[name])
+    try:
+        records = asyncio.run(
+            run_queries(arith_problems(limit=8, steps=3, seed=21), BeamSearch(n=4, width=2, verifier=PRMVerifier(prm)),
+                        policy, grade, cohorts=2, seed=3, progress=False)
+        )  # fmt: skip
+    finally:
+        for name, b in engines.items():
+            b._batcher._run_batch = inner[name]
+    s = summarize(records)
+    assert s["errors"] == 0, [r["error"] for r in records if r["error"]][:2]
+    assert s["accuracy"] > 0
+    overlap = sum(max(0.0, min(a1, b1) - max(a0, b0)) for a0, a1 in spans["policy"] for b0, b1 in spans["prm"])
+    assert overlap > 0, spans  # the two engines computed at the same time
+
+
 def test_closing_the_prm_engine_leaves_the_policy_engine_running(policy: Any) -> None:
     """Runs after the tree-search test closed its PRM engine (SGLang's own shutdown
     would have killed every engine of the process)."""

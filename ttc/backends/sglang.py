@@ -66,6 +66,10 @@ def build_engine(model: str, seed: int = 0, **engine: Any) -> Any:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
+        # sglang.Engine takes the calling thread's event loop, so two engines of one process
+        # (a policy and its PRM) would share one and could not serve batches at once from
+        # two threads (two cohorts): each gets a loop of its own.
+        asyncio.set_event_loop(asyncio.new_event_loop())
         return sglang.Engine(**settings)
     raise BackendError("start the sglang backend outside a running event loop (its engine owns one)")
 
@@ -151,8 +155,8 @@ class SGLangBackend(Backend):
     def _run(self, jobs: Sequence[Job], batch_id: int) -> list[Served]:
         """One engine batch (see ``shared_prompts`` for the prefill that goes first)."""
         start = time.perf_counter()
-        # The engine runs its own event loop to completion in this thread; the
-        # batcher never runs two batches at once, so that loop is never re-entered.
+        # The engine runs its own event loop (``build_engine``) to completion in this
+        # thread; the batcher never runs two batches at once, so that loop is never re-entered.
         shared = shared_prompts(jobs)
         warm = self.llm.generate(**prefill_payload(shared)) if shared else []
         outs = self.llm.generate(**batch_payload(jobs))
