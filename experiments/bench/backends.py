@@ -48,8 +48,8 @@ async def _no_grade(problem: Any, answer: Any) -> bool:  # accuracy is not what 
 
 
 STRATEGIES = ("best_of_n", "beam_search")
-# Strategies also run in two cohorts (``max_batch``: half the largest batch), so that the policy
-# generates for one half of the queries while the PRM judges the other.
+# Strategies also run in two cohorts (``run_queries(cohorts=2)``: no engine batch mixes them), so
+# that the policy generates for one half of the queries while the PRM judges the other.
 COHORTS = ("beam_search",)
 
 
@@ -114,11 +114,15 @@ def _cache_ratio(summary: dict[str, Any]) -> float | None:
     return summary["cached_tokens"] / ideal if ideal else None
 
 
-def run_ttc(problems: list[Any], strategy: Any, backend: Any) -> tuple[float, int, dict[str, Any]]:
+def run_ttc(
+    problems: list[Any], strategy: Any, backend: Any, cohorts: int = 1
+) -> tuple[float, int, dict[str, Any]]:
     from ttc.runner import run_queries, summarize
 
     t = time.perf_counter()
-    run = run_queries(problems, strategy, backend, _no_grade, concurrency=len(problems), progress=False)
+    run = run_queries(
+        problems, strategy, backend, _no_grade, concurrency=len(problems), cohorts=cohorts, progress=False
+    )
     records = asyncio.run(run)
     seconds = time.perf_counter() - t
     s = summarize(records)
@@ -146,20 +150,6 @@ def start_engines(engine: str) -> tuple[Any, Any, Any]:
     return start(POLICY_PATH), start(PRM_PATH), replay_sglang
 
 
-def cohort_caps(log: list[tuple[Any, list[Any]]]) -> dict[int, int]:
-    """Per backend, half its largest recorded batch: ``max_batch`` for two cohorts of queries."""
-    caps: dict[int, int] = {}
-    for backend, jobs in log:
-        caps[id(backend)] = max(caps.get(id(backend), 1), -(-len(jobs) // 2))
-    return caps
-
-
-def capped(backends: Any, caps: dict[int, int] | None) -> None:
-    """Set (or, with None, lift) the batch cap of in-process engines."""
-    for b in backends:
-        b._batcher.max_batch = None if caps is None else caps[id(b)]
-
-
 def rate(replay: Any, log: list[tuple[Any, list[Any]]]) -> float:
     t = time.perf_counter()
     tokens = replay(log)
@@ -180,16 +170,13 @@ def in_process(
         for r in recorders:
             r.stop()
         replay(log)  # warm-up of the raw path
-        caps = cohort_caps(log) if name in COHORTS else None
         raw_s, ttc_s, cohort_s = [], [], []
         for _ in range(repeats):
             raw_s.append(rate(replay, log))
             seconds, gen, _ = run_ttc(problems, strategy, policy)
             ttc_s.append(gen / seconds)
-            if caps:
-                capped((policy, prm), caps)
-                seconds, gen, _ = run_ttc(problems, strategy, policy)
-                capped((policy, prm), None)
+            if name in COHORTS:
+                seconds, gen, _ = run_ttc(problems, strategy, policy, cohorts=2)
                 cohort_s.append(gen / seconds)
         out[name] = {
             "engine_batches": len(log),
@@ -198,9 +185,8 @@ def in_process(
             "ttc_tokens_per_s": ttc_s,
             "cached_over_ideal": _cache_ratio(summary),
         }
-        if caps:
-            out[name].update(ttc_cohorts_tokens_per_s=cohort_s, max_batch={"policy": caps[id(policy)],
-                             "prm": caps[id(prm)]})  # fmt: skip
+        if name in COHORTS:
+            out[name].update(ttc_cohorts_tokens_per_s=cohort_s, cohorts=2)
         print(engine, name, json.dumps(out[name]), flush=True)
         logs[name] = log
     return out, logs
@@ -280,33 +266,28 @@ def over_http(
     api = "openai" if engine == "vllm" else "sglang"
     out: dict[str, Any] = {}
     with running(*servers) as (pol, rm):
-        prm_path = str(PRM_PATH)
         modes = {"http": False, "http_route": True}  # one request each; whole engine batches
         backends = {
             mode: (HTTPBackend(str(POLICY_PATH), endpoints=[pol.url], api=api, batch_route=route),
-                   HTTPBackend(prm_path, endpoints=[rm.url], api=api, batch_route=route))
+                   HTTPBackend(str(PRM_PATH), endpoints=[rm.url], api=api, batch_route=route))
             for mode, route in modes.items()
         }  # fmt: skip
         urls = {"policy": pol.url, "prm": rm.url}
         for name in STRATEGIES:
-            runs = dict(backends)
-            if name in COHORTS:  # the batch route in two cohorts, each cap as in process
-                caps = {roles[k]: v for k, v in cohort_caps(logs[name]).items()}
-                runs["http_route_cohorts"] = tuple(
-                    HTTPBackend(path, endpoints=[url], api=api, batch_route=True, max_batch=caps[role])
-                    for path, url, role in ((str(POLICY_PATH), pol.url, "policy"), (prm_path, rm.url, "prm"))
-                )
+            runs = {mode: (*pair, 1) for mode, pair in backends.items()}  # (policy, PRM, cohorts)
+            if name in COHORTS:  # the batch route in two cohorts, as in process
+                runs["http_route_cohorts"] = (*backends["http_route"], 2)
             rates: dict[str, list[float]] = {mode: [] for mode in runs}
             raw, engine_raw = [], []
             posts = [(roles[id(b)], jobs) for b, jobs in logs[name]]
             summaries: dict[str, Any] = {}
-            for policy, prm in runs.values():
-                run_ttc(problems, make_strategy(name, prm), policy)  # warm-up
+            for policy, prm, cohorts in runs.values():
+                run_ttc(problems, make_strategy(name, prm), policy, cohorts)  # warm-up
             for _ in range(repeats):  # alternate the paths, so that machine noise hits all of them
                 engine_raw.append(rate(replay, logs[name]))
                 raw.append(rate(lambda log: asyncio.run(replay_http(engine, log, urls)), posts))
-                for mode, (policy, prm) in runs.items():
-                    seconds, gen, summaries[mode] = run_ttc(problems, make_strategy(name, prm), policy)
+                for mode, (policy, prm, cohorts) in runs.items():
+                    seconds, gen, summaries[mode] = run_ttc(problems, make_strategy(name, prm), policy, cohorts)
                     rates[mode].append(gen / seconds)
             out[name] = {f"{mode}_tokens_per_s": r for mode, r in rates.items()}
             out[name].update(server_raw_tokens_per_s=raw, cached_over_ideal=_cache_ratio(summaries["http"]),
@@ -314,9 +295,6 @@ def over_http(
             if "http_route" in summaries:
                 out[name]["route_cached_over_ideal"] = _cache_ratio(summaries["http_route"])
             print(engine, "http", name, json.dumps(out[name]), flush=True)
-            for mode in set(runs) - set(backends):
-                for b in runs[mode]:
-                    b.close()
         for policy, prm in backends.values():
             policy.close()
             prm.close()
@@ -441,21 +419,28 @@ def markdown(result: dict[str, Any]) -> str:
             "",
             "## Two cohorts: the policy generates for half the queries while the PRM judges the other half",
             "",
-            "The same runs with each engine's batches capped at half its largest lockstep batch",
-            "(`max_batch`, in process and on the HTTP backend), each engine computing on a core of its own",
+            "The same runs with the queries dealt into two cohorts that no engine batch mixes",
+            "(`run_queries(cohorts=2)`, in process and on the HTTP backend's batch route; parts measured",
+            "before session 11 capped each engine's batches at half its largest lockstep batch instead,",
+            "`max_batch`), vLLM's engines each computing on a core of its own",
             "(`cpu_cores`; vLLM's own binding pins both engines' workers to one core and leaves the other to",
-            "the schedulers). The raw replay stays batch after batch, as ttc sent them uncapped: it measures",
-            "the engine, not a schedule, so a ratio above 1 is what the overlap buys.",
+            "the schedulers). The raw replay stays batch after batch, as ttc sent them in lockstep: it measures",
+            "the engine, not a schedule, so a ratio above 1 is what the overlap buys. SGLang's engines are not",
+            "bound to cores of their own by ttc: each runs PyTorch's threads on both cores, so two computing at",
+            "once contend for them, which is the likely reason its cohorts run at half its lockstep speed here",
+            "(not profiled). Until the SGLang backend binds its engines, use cohorts with SGLang only where",
+            "policy and PRM have devices of their own.",
             "",
-            "| engine | strategy | max_batch (policy, PRM) | raw engine tok/s | ttc in-process, lockstep |"
+            "| engine | strategy | split | raw engine tok/s | ttc in-process, lockstep |"
             " ttc in-process, cohorts | cohorts / raw | raw beside HTTP | HTTP route, lockstep | HTTP route, cohorts |"
             " route cohorts / raw (repeats) |",
             "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for engine, part, name, r in cohorts:
-            caps = r["max_batch"]
+            caps = r.get("max_batch")
+            split = f"max_batch {caps['policy']}, {caps['prm']}" if caps else f"cohorts={r['cohorts']}"
             lines.append(
-                f"| {engine} ({part['problems']} problems) | {name} | {caps['policy']}, {caps['prm']} | "
+                f"| {engine} ({part['problems']} problems) | {name} | {split} | "
                 f"{median(r['raw_tokens_per_s']):,.0f} | {median(r['ttc_tokens_per_s']):,.0f} | "
                 f"{median(r['ttc_cohorts_tokens_per_s']):,.0f} | {r['cohorts_over_raw']:.2f} | "
                 f"{_med(r, 'raw_beside_http_tokens_per_s')} | {_med(r, 'http_route_tokens_per_s')} | "
