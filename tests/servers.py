@@ -19,6 +19,8 @@ from pathlib import Path
 
 import httpx
 
+from ttc.backends.cpu import started_on
+
 ROOT = Path(__file__).resolve().parent.parent
 SGLANG_PYTHON = ROOT / ".venv-sglang" / "bin" / "python"
 SGLANG_STUB = ROOT / "tests" / "sglang_stub"
@@ -122,8 +124,11 @@ def sglang_env() -> dict[str, str]:
     return {"SGLANG_USE_CPU_ENGINE": "1", "PYTHONPATH": path, "TOKENIZERS_PARALLELISM": "false"}
 
 
-def start_sglang(model: str | Path, *, context_length: int = 256, name: str = "sglang") -> Server:
-    """SGLang's HTTP server from ``.venv-sglang`` on the CPU with SGLang's own PyTorch layers."""
+def start_sglang(
+    model: str | Path, *, context_length: int = 256, name: str = "sglang", cpu_cores: str | None = None
+) -> Server:
+    """SGLang's HTTP server from ``.venv-sglang`` on the CPU with SGLang's own PyTorch layers;
+    ``cpu_cores``: the cores its processes compute on (``started_on``, as the backend's)."""
     port = free_port()
     python = str(SGLANG_PYTHON) if SGLANG_PYTHON.exists() else sys.executable
     cmd = [
@@ -134,7 +139,8 @@ def start_sglang(model: str | Path, *, context_length: int = 256, name: str = "s
         "--disable-cuda-graph", "--random-seed", "0", "--log-level", "warning", "--enable-cache-report",
         "--sleep-on-idle",  # else an idle server busy-polls a core: a second one would starve the first
     ]  # fmt: skip
-    return Server(cmd, port, sglang_env(), name)
+    with started_on(cpu_cores):
+        return Server(cmd, port, sglang_env(), name)
 
 
 @contextlib.contextmanager

@@ -34,10 +34,12 @@ async def grade(problem: Any, answer: Any) -> bool:
     return equivalent(problem.answer, answer.answer)
 
 
-def _engine(path: Any) -> Any:
+def _engine(path: Any, cpu_cores: str | None = None) -> Any:
     from ttc.backends.sglang import SGLangBackend
 
-    return SGLangBackend(str(path), seed=0, dtype="float32", max_model_len=256, max_total_tokens=16384)
+    return SGLangBackend(
+        str(path), seed=0, dtype="float32", max_model_len=256, max_total_tokens=16384, cpu_cores=cpu_cores
+    )
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +51,11 @@ def policy() -> Iterator[Any]:
 
 @pytest.fixture
 def prm() -> Iterator[Any]:
-    """Only the tree-search test needs it: an idle SGLang scheduler still polls."""
-    backend = _engine(PRM_PATH)
+    """Started per test that needs it: an idle SGLang scheduler still polls. On cores of its
+    own (half the machine's), as the policy's and the PRM's engines run in two cohorts."""
+    from tests.servers import own_cores
+
+    backend = _engine(PRM_PATH, cpu_cores=own_cores(1))
     yield backend
     backend.close()
 
@@ -192,6 +197,39 @@ def test_two_cohorts_run_the_policy_and_the_prm_engine_at_once(policy: Any, prm:
     assert s["accuracy"] > 0
     overlap = sum(max(0.0, min(a1, b1) - max(a0, b0)) for a0, a1 in spans["policy"] for b0, b1 in spans["prm"])
     assert overlap > 0, spans  # the two engines computed at the same time
+
+
+def test_cpu_cores_bind_the_engine_processes_and_nothing_else(policy: Any, prm: Any) -> None:
+    """The PRM engine's processes run on the cores it was given; the policy's (no
+    ``cpu_cores``) and the thread that started both keep all of this process's cores."""
+    import os
+
+    import psutil
+
+    from tests.servers import own_cores
+    from ttc.backends.cpu import cpu_core_ids
+
+    if own_cores(1) is None:
+        pytest.skip("cpu_cores binds engines on machines with 2 cores or more")
+    mine = os.sched_getaffinity(0)
+
+    def cores(backend: Any) -> list[set[int]]:
+        return [set(psutil.Process(pid).cpu_affinity()) for pid in backend.llm.get_all_child_pids()]
+
+    assert cores(prm) and all(c == set(cpu_core_ids(own_cores(1))) for c in cores(prm))
+    assert cores(policy) and all(c == mine for c in cores(policy))
+    assert len(mine) >= 2  # the thread that started the PRM's engine got its cores back
+    (res,) = asyncio.run(prm.score([ScoreRequest(prompt="Q:3+4=?\n3+4=7\n", continuation="<good>")]))
+    assert res.token_logprobs[0] < 0
+
+
+def test_sglang_cpu_cores_are_checked_before_an_engine_starts() -> None:
+    from ttc.backends.sglang import SGLangBackend
+
+    with pytest.raises(ValueError, match="cpu_cores"):
+        SGLangBackend("no-such-model", cpu_cores="99999")
+    with pytest.raises(BackendError, match="'0-3'"):
+        SGLangBackend(str(PRM_PATH), cpu_cores="0|1")
 
 
 def test_closing_the_prm_engine_leaves_the_policy_engine_running(policy: Any) -> None:

@@ -161,7 +161,7 @@ def _worker_cores(backend) -> set[int]:
 
 def test_each_engine_computes_on_the_cores_it_was_given(policy_engine, prm_engine) -> None:
     from tests.servers import own_cores
-    from ttc.backends.vllm import cpu_core_ids, on_cpu
+    from ttc.backends.cpu import cpu_core_ids, on_cpu
 
     if not on_cpu() or own_cores(0) is None:
         pytest.skip("cpu_cores binds CPU engines on machines with 2 cores or more")

@@ -142,12 +142,15 @@ def start_engines(engine: str) -> tuple[Any, Any, Any]:
             return VLLMBackend(str(path), dtype="float32", cpu_cores=own_cores(half))
 
         return start_vllm(POLICY_PATH, 0), start_vllm(PRM_PATH, 1), replay_vllm
+    from tests.servers import own_cores
     from ttc.backends.sglang import SGLangBackend
 
-    def start(path: Path) -> Any:
-        return SGLangBackend(str(path), dtype="float32", max_model_len=256, max_total_tokens=16384)
+    def start(path: Path, half: int) -> Any:
+        return SGLangBackend(
+            str(path), dtype="float32", max_model_len=256, max_total_tokens=16384, cpu_cores=own_cores(half)
+        )
 
-    return start(POLICY_PATH), start(PRM_PATH), replay_sglang
+    return start(POLICY_PATH, 0), start(PRM_PATH, 1), replay_sglang
 
 
 def rate(replay: Any, log: list[tuple[Any, list[Any]]]) -> float:
@@ -262,7 +265,8 @@ def over_http(
         servers = (start_vllm(POLICY_PATH, name="vllm-policy", cpu_cores=own_cores(0)),
                    start_vllm(PRM_PATH, name="vllm-prm", cpu_cores=own_cores(1)))  # fmt: skip
     else:
-        servers = (start_sglang(POLICY_PATH, name="sglang-policy"), start_sglang(PRM_PATH, name="sglang-prm"))
+        servers = (start_sglang(POLICY_PATH, name="sglang-policy", cpu_cores=own_cores(0)),
+                   start_sglang(PRM_PATH, name="sglang-prm", cpu_cores=own_cores(1)))  # fmt: skip
     api = "openai" if engine == "vllm" else "sglang"
     out: dict[str, Any] = {}
     with running(*servers) as (pol, rm):
@@ -302,6 +306,7 @@ def over_http(
 
 
 def one_engine(engine: str, problems_n: int, repeats: int) -> dict[str, Any]:
+    from tests.servers import own_cores
     from ttc.datasets import arith_problems
 
     problems = arith_problems(limit=problems_n, steps=4, seed=99)
@@ -333,6 +338,7 @@ def one_engine(engine: str, problems_n: int, repeats: int) -> dict[str, Any]:
         if "http_route_cohorts_tokens_per_s" in http:
             row["http_route_cohorts_tokens_per_s"] = http["http_route_cohorts_tokens_per_s"]
             row["route_cohorts_over_raw"] = median(http["http_route_cohorts_tokens_per_s"]) / beside
+        row["cpu_cores"] = {"policy": own_cores(0), "prm": own_cores(1)}  # in process and servers alike
         rows[name] = row
     return rows
 
@@ -407,8 +413,10 @@ def markdown(result: dict[str, Any]) -> str:
         "(`--max-num-seqs 256 --max-num-batched-tokens 4096`; the server's own defaults on CPU are",
         "128 and 2048, chosen for latency), so that the HTTP ratios compare the paths, not engine",
         "settings; ttc's route renders each prompt in the server's event loop, as `LLM.generate` does.",
-        "vLLM's policy and PRM, in process and as servers, each compute on half the machine's cores",
-        "(`cpu_cores`, `VLLM_CPU_OMP_THREADS_BIND`; vLLM's own binding would pin both to the same core).",
+        "The policy and the PRM, in process and as servers, each compute on half the machine's cores",
+        "(`cpu_cores`: on vLLM `VLLM_CPU_OMP_THREADS_BIND`, whose own binding would pin both to the same",
+        "core; on SGLang the processes' affinity, without which each runs PyTorch threads on every core;",
+        "SGLang parts measured before session 12 ran unbound).",
         "`--resume` reuses an engine's finished part: compare ratios within",
         "an engine's rows, not across engines (SGLang's CPU path runs PyTorch-native layers).",
     ]
@@ -425,11 +433,11 @@ def markdown(result: dict[str, Any]) -> str:
             "`max_batch`), vLLM's engines each computing on a core of its own",
             "(`cpu_cores`; vLLM's own binding pins both engines' workers to one core and leaves the other to",
             "the schedulers). The raw replay stays batch after batch, as ttc sent them in lockstep: it measures",
-            "the engine, not a schedule, so a ratio above 1 is what the overlap buys. SGLang's engines are not",
-            "bound to cores of their own by ttc: each runs PyTorch's threads on both cores, so two computing at",
-            "once contend for them, which is the likely reason its cohorts run at half its lockstep speed here",
-            "(not profiled). Until the SGLang backend binds its engines, use cohorts with SGLang only where",
-            "policy and PRM have devices of their own.",
+            "the engine, not a schedule, so a ratio above 1 is what the overlap buys. SGLang's engines are",
+            "bound the same way (`cpu_cores`, since session 12): unbound, each ran PyTorch threads on both",
+            "cores, and two engines computing at once ran at half speed (session 11, same command: beam search",
+            "in two cohorts 0.50 of raw in process and 0.33 over the route, and one HTTP request each 0.22;",
+            "bound, the SGLang part of this run, measured 2026-11-30: 1.05, 1.06 and 1.02).",
             "",
             "| engine | strategy | split | raw engine tok/s | ttc in-process, lockstep |"
             " ttc in-process, cohorts | cohorts / raw | raw beside HTTP | HTTP route, lockstep | HTTP route, cohorts |"

@@ -19,6 +19,7 @@ kernels; docs/backends.md says how the tests run it without them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import time
@@ -30,6 +31,7 @@ from pydantic import PositiveInt
 
 from ttc.backends.base import Backend, BackendError, apportion
 from ttc.backends.batching import MicroBatcher, OnItsOwn
+from ttc.backends.cpu import CpuCores, cpu_core_ids, on_cpu, started_on
 from ttc.types import Completion, GenRequest, GenResult, ScoreRequest, ScoreResult
 
 # One engine request: token ids, sampling params, and where its logprobs start (None: no logprobs).
@@ -40,16 +42,16 @@ Served = tuple[dict[str, Any], int, float, int]
 Batches = MicroBatcher[Job, Served] | OnItsOwn[Job, Served]
 
 
-def on_cpu() -> bool:
-    import torch
-
-    return not torch.cuda.is_available()
-
-
-def build_engine(model: str, seed: int = 0, **engine: Any) -> Any:
-    """Start ``sglang.Engine`` with the radix cache on; on a CPU, its PyTorch-native path."""
+def build_engine(model: str, seed: int = 0, cpu_cores: str | int | None = None, **engine: Any) -> Any:
+    """Start ``sglang.Engine`` with the radix cache on; on a CPU, its PyTorch-native path,
+    its processes on ``cpu_cores`` (SGLang's own binding needs CPU kernels that its PyPI
+    build lacks, so each engine would run PyTorch threads on every core)."""
     import sglang
 
+    if cpu_cores is not None:
+        if "|" in str(cpu_cores):
+            raise BackendError("sglang: cpu_cores is one set of cores for the engine, like '0-3'; '|' is vLLM's")
+        cpu_core_ids(cpu_cores)  # a bad setting fails here on any machine, though it binds on CPUs only
     settings: dict[str, Any] = dict(model_path=model, random_seed=seed, log_level="error")
     if on_cpu():
         if os.environ.get("SGLANG_USE_CPU_ENGINE") != "1":
@@ -70,7 +72,8 @@ def build_engine(model: str, seed: int = 0, **engine: Any) -> Any:
         # (a policy and its PRM) would share one and could not serve batches at once from
         # two threads (two cohorts): each gets a loop of its own.
         asyncio.set_event_loop(asyncio.new_event_loop())
-        return sglang.Engine(**settings)
+        with started_on(cpu_cores if on_cpu() else None):
+            return sglang.Engine(**settings)
     raise BackendError("start the sglang backend outside a running event loop (its engine owns one)")
 
 
@@ -97,13 +100,15 @@ class SGLangBackend(Backend):
         node_rank: int = 0,
         dist_init_addr: str | None = None,
         enable_deterministic_inference: bool = False,
+        cpu_cores: CpuCores | None = None,
         max_batch: PositiveInt | None = None,
     ) -> None:
         """Start ``sglang.Engine`` for ``model`` (or wrap an existing engine as ``llm``).
 
         ``tp_size`` x ``pp_size`` x ``dp_size`` GPUs (over ``nnodes`` nodes) serve one engine;
-        ``max_model_len`` is SGLang's ``context_length``; ``max_batch``: at most this many
-        requests per engine batch (``MicroBatcher``).
+        ``max_model_len`` is SGLang's ``context_length``; ``cpu_cores`` (CPU only): the cores
+        the engine's processes compute on (null: all this process may use); ``max_batch``: at
+        most this many requests per engine batch (``MicroBatcher``).
         """
         from transformers import AutoConfig
 
@@ -135,6 +140,7 @@ class SGLangBackend(Backend):
                 node_rank=node_rank,
                 dist_init_addr=dist_init_addr,
                 enable_deterministic_inference=enable_deterministic_inference or None,
+                cpu_cores=cpu_cores,
             )
         self.llm = llm
         args = llm.server_args
@@ -177,8 +183,6 @@ class SGLangBackend(Backend):
         engine (a PRM's) would take down another (the policy's), whose watchdog then
         kills the whole process. Its own pids come from ``get_all_child_pids``.
         """
-        import contextlib
-
         import psutil
 
         watchdog = getattr(self.llm.tokenizer_manager, "_subprocess_watchdog", None)
@@ -193,6 +197,20 @@ class SGLangBackend(Backend):
             with contextlib.suppress(psutil.NoSuchProcess):
                 proc.kill()
         psutil.wait_procs(procs, timeout=30)
+        self._close_loop()
+
+    def _close_loop(self) -> None:
+        """End the tasks the engine left on its own event loop (``build_engine``): left
+        pending, each is logged as destroyed when the process exits."""
+        loop = self.llm.loop
+        if loop.is_running() or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # called from inside another running loop: leave it
+            tasks = asyncio.all_tasks(loop)
+            for task in tasks:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            loop.close()
 
 
 # -- SGLang's batched generate: shared by the in-process engine and the server's /generate ------

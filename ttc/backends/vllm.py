@@ -9,48 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import time
 from collections.abc import Iterator, Sequence
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import AfterValidator, PositiveInt
+from pydantic import PositiveInt
 
 from ttc.backends.base import Backend, BackendError, apportion
 from ttc.backends.batching import MicroBatcher
+from ttc.backends.cpu import CpuCores, cpu_core_ids, on_cpu
 from ttc.types import Completion, GenRequest, GenResult, ScoreRequest, ScoreResult
-
-
-def on_cpu() -> bool:
-    import torch
-
-    return not torch.cuda.is_available()
-
-
-def cpu_core_ids(cores: str | int) -> list[int]:
-    """The core ids of a ``cpu_cores`` setting (vLLM's ``VLLM_CPU_OMP_THREADS_BIND`` syntax:
-    ``"0-3"``, ``"0,2"``; ``|`` between the workers of a tensor-parallel engine), checked
-    against the cores this process may use, so that a typo fails here and not in a worker."""
-    cores = str(cores)  # a command line's cpu_cores=1 arrives as a number
-    if not re.fullmatch(r"\d+(-\d+)?(,\d+(-\d+)?)*(\|\d+(-\d+)?(,\d+(-\d+)?)*)*", cores):
-        raise ValueError("cpu_cores: expected core ids like '0-3' or '0,2'")
-    ids: list[int] = []
-    for part in re.split(r"[,|]", cores):
-        lo, _, hi = part.partition("-")
-        ids += range(int(lo), int(hi or lo) + 1)
-    allowed = sorted(os.sched_getaffinity(0))
-    if not ids or not set(ids) <= set(allowed):
-        raise ValueError(f"cpu_cores: this process may use cores {allowed} only")
-    return ids
-
-
-def _check_cores(cores: str | int) -> str:
-    cpu_core_ids(cores)
-    return str(cores)
-
-
-# Checked with the rest of the config, before any engine starts.
-CpuCores = Annotated[str | int, AfterValidator(_check_cores)]
 
 
 @contextlib.contextmanager
