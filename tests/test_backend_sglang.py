@@ -58,6 +58,7 @@ def prm() -> Iterator[Any]:
     backend = _engine(PRM_PATH, cpu_cores=own_cores(1))
     yield backend
     backend.close()
+    assert backend.llm.loop.is_closed()  # its tasks ended, not left to be reported as destroyed at exit
 
 
 def hf_logprobs(path: Any, ids: list[int], start: int) -> list[float]:

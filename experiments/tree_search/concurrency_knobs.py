@@ -2,6 +2,7 @@
 
     python experiments/tree_search/concurrency_knobs.py default|bind|cohorts|async [REPEATS]
     python experiments/tree_search/concurrency_knobs.py ceiling
+    python experiments/tree_search/concurrency_knobs.py cohort_count [REPEATS]
 
 default: the engines as ttc starts them (vLLM's binding puts both engines' workers on
 core 0, leaving core 1 to the front end); bind: each engine on a core of its own
@@ -10,6 +11,9 @@ batch mixes (``run_queries(cohorts=2)``), so that half the trees expand while th
 half are judged; async: cohorts with vLLM's asynchronous scheduler (the engine core
 schedules the next step while the worker computes this one), which vLLM's CPU platform
 turns off ("not required on CPU") and this mode turns back on.
+
+cohort_count: the concurrent run alone in 2, 3 and 4 cohorts (cores as in ``cohorts``),
+alternating, REPEATS rounds: whether more, smaller waves overlap the engines better.
 
 ceiling: what batching alone buys each engine on this machine, the bound on any of the
 above: tokens per second of 512 sequences against 16 (one query's MCTS wave), for the
@@ -129,8 +133,8 @@ def keep_async_scheduling() -> None:
 def main() -> None:
     mode = sys.argv[1] if len(sys.argv) > 1 else "default"
     repeats = int(sys.argv[2]) if len(sys.argv) > 2 else 1
-    if mode not in ("default", "bind", "cohorts", "async", "ceiling"):
-        raise SystemExit(f"mode must be default, bind, cohorts, async or ceiling (got {mode!r})")
+    if mode not in ("default", "bind", "cohorts", "async", "ceiling", "cohort_count"):
+        raise SystemExit(f"mode must be default, bind, cohorts, async, ceiling or cohort_count (got {mode!r})")
     if mode == "async":
         keep_async_scheduling()
     from strategies.mcts import MCTS
@@ -166,19 +170,27 @@ def main() -> None:
 
         b._batcher._run_batch, engine.step = recording, counting
     problems = arith_problems(limit=64, steps=6, seed=2024)
-    cohorts = 2 if mode in ("cohorts", "async") else 1
+    cohorts = 2 if mode in ("cohorts", "async", "cohort_count") else 1
     mcts = MCTS(simulations=16, branching=4, parallel=4, verifier=prm)
 
-    def wall(concurrency: int) -> tuple[float, list[dict[str, Any]]]:
+    def wall(concurrency: int, split: int = cohorts) -> tuple[float, list[dict[str, Any]]]:
         t = time.perf_counter()
         records = asyncio.run(
             run_queries(
-                problems, mcts, policy, _grade, concurrency=concurrency, cohorts=cohorts, seed=2024, progress=False
+                problems, mcts, policy, _grade, concurrency=concurrency, cohorts=split, seed=2024, progress=False
             )
         )
         return time.perf_counter() - t, records
 
     wall(64)  # warm-up
+    if mode == "cohort_count":
+        walls: dict[int, list[float]] = {2: [], 3: [], 4: []}
+        for _ in range(repeats):
+            for split in walls:
+                walls[split].append(round(wall(64, split)[0], 2))
+        medians = {c: statistics.median(w) for c, w in walls.items()}
+        print(json.dumps({"mode": mode, "concurrent_s": medians, "runs": walls}), flush=True)
+        return
     for name in engines:
         busy[name], steps[name] = 0.0, 0
     cpu_before = cpu_seconds()
