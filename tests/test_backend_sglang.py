@@ -233,6 +233,30 @@ def test_sglang_cpu_cores_are_checked_before_an_engine_starts() -> None:
         SGLangBackend(str(PRM_PATH), cpu_cores="0|1")
 
 
+def test_ttc_run_on_sglang_with_cores_of_its_own_exits_cleanly(tmp_path: Path) -> None:
+    """``python -m ttc.run backend=sglang``, policy and PRM each on cores of their own
+    (``cpu_cores`` through the config), two cohorts; the process exits without a traceback
+    (SGLang's own exit hook killed every child of the process, multiprocessing's resource
+    tracker too, and Python reported it)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.servers import ROOT, own_cores
+
+    cores = [f"backend.cpu_cores={own_cores(0)}", f"verifier.engine.cpu_cores={own_cores(1)}"] if own_cores(1) else []
+    p = subprocess.run(
+        [sys.executable, "-m", "ttc.run", "backend=sglang", "strategy=beam_search", "verifier=prm", *cores,
+         "cohorts=2", "dataset.limit=4", "progress=false", f"hydra.run.dir={tmp_path}"],
+        cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "Traceback" not in p.stderr, p.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["n_queries"] == 4 and summary["errors"] == 0 and summary["verifier_tokens"] > 0
+
+
 def test_closing_the_prm_engine_leaves_the_policy_engine_running(policy: Any) -> None:
     """Runs after the tree-search test closed its PRM engine (SGLang's own shutdown
     would have killed every engine of the process)."""

@@ -19,6 +19,7 @@ kernels; docs/backends.md says how the tests run it without them.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import math
 import os
@@ -142,7 +143,12 @@ class SGLangBackend(Backend):
                 enable_deterministic_inference=enable_deterministic_inference or None,
                 cpu_cores=cpu_cores,
             )
+            # SGLang's exit hook kills every child of this process, multiprocessing's resource
+            # tracker too (Python then reports its loss at exit); ours stops this engine's only.
+            atexit.unregister(llm.shutdown)
+            atexit.register(self.close)
         self.llm = llm
+        self._closed = False
         args = llm.server_args
         self.tokenizer = llm.tokenizer_manager.tokenizer
         hf_config = AutoConfig.from_pretrained(args.model_path)
@@ -181,10 +187,14 @@ class SGLangBackend(Backend):
 
         ``Engine.shutdown`` kills every child of the calling process, so closing one
         engine (a PRM's) would take down another (the policy's), whose watchdog then
-        kills the whole process. Its own pids come from ``get_all_child_pids``.
+        kills the whole process. Its own pids come from ``get_all_child_pids``. An engine
+        this backend started is closed this way at exit too, in place of SGLang's hook.
         """
         import psutil
 
+        if self._closed:  # the pids may belong to other processes by now
+            return
+        self._closed = True
         watchdog = getattr(self.llm.tokenizer_manager, "_subprocess_watchdog", None)
         if watchdog is not None:
             watchdog.stop()  # our processes are about to die on purpose
