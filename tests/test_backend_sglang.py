@@ -229,7 +229,7 @@ def test_sglang_cpu_cores_are_checked_before_an_engine_starts() -> None:
 
     with pytest.raises(ValueError, match="cpu_cores"):
         SGLangBackend("no-such-model", cpu_cores="99999")
-    with pytest.raises(BackendError, match="'0-3'"):
+    with pytest.raises(ValueError, match="'0-3'"):
         SGLangBackend(str(PRM_PATH), cpu_cores="0|1")
 
 

@@ -33,6 +33,7 @@ def run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
         (["verifier=math", "+verifier.engine.endpoints=[http://127.0.0.1:9]"], "verifier.engine"),
         (["verifier=prm", "+verifier.engine.gpu_memory_utilization=lots"], "verifier.engine.gpu_memory_utilization"),
         (["cohorts=0"], "cohorts"),
+        (["backend=sglang", "backend.cpu_cores=0|1"], "backend.cpu_cores"),  # one set: it binds processes
     ],
 )
 def test_bad_config_fails_fast_with_one_line(tmp_path: Path, args: list[str], key: str) -> None:

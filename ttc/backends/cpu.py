@@ -44,8 +44,16 @@ def _check_cores(cores: str | int) -> str:
     return str(cores)
 
 
-# Checked with the rest of the config, before any engine starts.
+def check_core_set(cores: str | int) -> str:
+    if "|" in str(cores):
+        raise ValueError("cpu_cores: one set of cores for all the engine's processes, like '0-3' ('|' is vLLM's)")
+    return _check_cores(cores)
+
+
+# Checked with the rest of the config, before any engine starts. ``CpuCoreSet``: for
+# engines bound as a whole (``started_on``), with no per-worker groups.
 CpuCores = Annotated[str | int, AfterValidator(_check_cores)]
+CpuCoreSet = Annotated[str | int, AfterValidator(check_core_set)]
 
 
 @contextlib.contextmanager

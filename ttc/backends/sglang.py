@@ -32,7 +32,7 @@ from pydantic import PositiveInt
 
 from ttc.backends.base import Backend, BackendError, apportion
 from ttc.backends.batching import MicroBatcher, OnItsOwn
-from ttc.backends.cpu import CpuCores, cpu_core_ids, on_cpu, started_on
+from ttc.backends.cpu import CpuCoreSet, check_core_set, on_cpu, started_on
 from ttc.types import Completion, GenRequest, GenResult, ScoreRequest, ScoreResult
 
 # One engine request: token ids, sampling params, and where its logprobs start (None: no logprobs).
@@ -50,9 +50,7 @@ def build_engine(model: str, seed: int = 0, cpu_cores: str | int | None = None, 
     import sglang
 
     if cpu_cores is not None:
-        if "|" in str(cpu_cores):
-            raise BackendError("sglang: cpu_cores is one set of cores for the engine, like '0-3'; '|' is vLLM's")
-        cpu_core_ids(cpu_cores)  # a bad setting fails here on any machine, though it binds on CPUs only
+        check_core_set(cpu_cores)  # a bad setting fails here on any machine, though it binds on CPUs only
     settings: dict[str, Any] = dict(model_path=model, random_seed=seed, log_level="error")
     if on_cpu():
         if os.environ.get("SGLANG_USE_CPU_ENGINE") != "1":
@@ -101,7 +99,7 @@ class SGLangBackend(Backend):
         node_rank: int = 0,
         dist_init_addr: str | None = None,
         enable_deterministic_inference: bool = False,
-        cpu_cores: CpuCores | None = None,
+        cpu_cores: CpuCoreSet | None = None,
         max_batch: PositiveInt | None = None,
     ) -> None:
         """Start ``sglang.Engine`` for ``model`` (or wrap an existing engine as ``llm``).
