@@ -58,6 +58,7 @@ def test_hf_backend_matches_vllm_greedy_token_for_token(policy_engine) -> None:
     for a, b in zip(ours, theirs, strict=True):
         assert a.completions[0].token_ids == b.completions[0].token_ids
         assert a.completions[0].text == b.completions[0].text
+        assert a.completions[0].cumulative_logprob is None is b.completions[0].cumulative_logprob  # not asked
 
 
 def test_hf_backend_stop_strings_and_scores() -> None:
@@ -67,6 +68,9 @@ def test_hf_backend_stop_strings_and_scores() -> None:
     hf = HFBackend(str(POLICY_PATH), device="cpu", dtype="float32")
     (res,) = asyncio.run(hf.generate([GenRequest(prompt="Q:12+7*3=?\n", n=2, stop=["\n"], seed=1, max_tokens=30)]))
     assert all(c.text.endswith("\n") and c.text.count("\n") == 1 for c in res.completions)
+    (asked,) = asyncio.run(hf.generate([GenRequest(prompt="Q:12+7=?\n", stop=["\n"], max_tokens=30, logprobs=True)]))
+    (c,) = asked.completions
+    assert c.logprobs and len(c.logprobs) == len(c.token_ids) and c.cumulative_logprob == pytest.approx(sum(c.logprobs))
     (s,) = asyncio.run(hf.score([ScoreRequest(prompt="Q:12+7=?\n", continuation="12+7=19\n")]))
     assert len(s.token_logprobs) == len("12+7=19\n") and all(lp <= 0 for lp in s.token_logprobs)
 

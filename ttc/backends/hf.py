@@ -84,7 +84,7 @@ class HFBackend(Backend):
                 Completion(
                     token_ids=new,
                     text=self.tokenizer.decode(new, skip_special_tokens=True),
-                    cumulative_logprob=sum(logps),
+                    cumulative_logprob=sum(logps) if r.logprobs else None,  # as the engines: when asked
                     logprobs=logps if r.logprobs else None,
                     finish_reason=finish,
                 )
