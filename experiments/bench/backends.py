@@ -132,17 +132,16 @@ def run_ttc(
 
 def start_engines(engine: str) -> tuple[Any, Any, Any]:
     """The in-process policy and PRM engines, and the raw replay through their own API."""
+    from tests.servers import own_cores
     from ttc.reference import POLICY_PATH, PRM_PATH
 
     if engine == "vllm":
-        from tests.servers import own_cores
         from ttc.backends.vllm import VLLMBackend
 
         def start_vllm(path: Path, half: int) -> Any:
             return VLLMBackend(str(path), dtype="float32", cpu_cores=own_cores(half))
 
         return start_vllm(POLICY_PATH, 0), start_vllm(PRM_PATH, 1), replay_vllm
-    from tests.servers import own_cores
     from ttc.backends.sglang import SGLangBackend
 
     def start(path: Path, half: int) -> Any:
