@@ -203,6 +203,7 @@ def test_two_cohorts_run_the_policy_and_the_prm_engine_at_once(policy: Any, prm:
 def test_cpu_cores_bind_the_engine_processes_and_nothing_else(policy: Any, prm: Any) -> None:
     """The PRM engine's processes run on the cores it was given; the policy's (no
     ``cpu_cores``) and the thread that started both keep all of this process's cores."""
+    import math
     import os
 
     import psutil
@@ -220,8 +221,12 @@ def test_cpu_cores_bind_the_engine_processes_and_nothing_else(policy: Any, prm: 
     assert cores(prm) and all(c == set(cpu_core_ids(own_cores(1))) for c in cores(prm))
     assert cores(policy) and all(c == mine for c in cores(policy))
     assert len(mine) >= 2  # the thread that started the PRM's engine got its cores back
-    (res,) = asyncio.run(prm.score([ScoreRequest(prompt="Q:3+4=?\n3+4=7\n", continuation="<good>")]))
-    assert res.token_logprobs[0] < 0
+    # and it judges on those cores: a right step good, a wrong one bad
+    chain = "Q:37+45*2-18=?\n37+45=82\n82*2={}\n"  # tests/test_reference_models.py's PRM_CHAINS
+    right, wrong = asyncio.run(
+        prm.score([ScoreRequest(prompt=chain.format(v), continuation="<good>") for v in (164, 146)])
+    )
+    assert right.token_logprobs[0] > math.log(0.5) > wrong.token_logprobs[0]
 
 
 def test_sglang_cpu_cores_are_checked_before_an_engine_starts() -> None:
