@@ -49,22 +49,35 @@ def test_stop_strings_end_a_step_and_are_kept(policy_engine) -> None:
         assert c.text.endswith("\n") and c.text.count("\n") == 1
 
 
-def test_a_one_token_stop_string_also_stops_in_the_engine_with_the_same_steps(policy_engine) -> None:
+def test_a_one_token_stop_string_stops_in_the_engine_with_the_same_steps_and_text(policy_engine) -> None:
     from vllm import SamplingParams, TokensPrompt
 
-    req = GenRequest(prompt="Q:12+7*3-5=?\n", n=8, stop=["\n"], max_tokens=40, seed=2)
+    req = GenRequest(prompt="Q:12+7*3-5=?\n", n=8, stop=["\n"], max_tokens=40, seed=2, logprobs=True)
     params = policy_engine.sampling_params(req)
     assert params.stop_token_ids == policy_engine.encode_continuation("\n")
+    assert not params.stop and not params.detokenize  # the text is decoded once, at the end
     two_tokens = policy_engine.sampling_params(req.model_copy(update={"stop": ["5\n"]}))
-    assert not two_tokens.stop_token_ids  # only a string match can find it
+    assert not two_tokens.stop_token_ids and two_tokens.stop == ["5\n"]  # only a string match can find it
+    assert two_tokens.detokenize
+    # vLLM's own way: stop strings, found in text its front end detokenizes at every step
     strings_only = SamplingParams(
         n=8, temperature=req.temperature, max_tokens=40, stop=["\n"], include_stop_str_in_output=True, seed=2
     )
     prompt = TokensPrompt(prompt_token_ids=policy_engine.encode(req.prompt))
-    fast, slow = (policy_engine.llm.generate([prompt], p, use_tqdm=False)[0] for p in (params, strings_only))
+    slow = policy_engine.llm.generate([prompt], strings_only, use_tqdm=False)[0]
     steps = [(c.text, list(c.token_ids), c.finish_reason) for c in slow.outputs]
-    assert [(c.text, list(c.token_ids), c.finish_reason) for c in fast.outputs] == steps
+    (fast,) = asyncio.run(policy_engine.generate([req]))
+    assert [(c.text, c.token_ids, c.finish_reason) for c in fast.completions] == steps
     assert all(text.endswith("\n") for text, _, _ in steps)
+
+
+def test_a_stop_string_of_several_tokens_is_found_in_the_text(policy_engine) -> None:
+    req = GenRequest(prompt="Q:12+7=?\n", n=8, stop=["A:"], max_tokens=40, seed=5)
+    assert len(policy_engine.encode_continuation("A:")) > 1
+    (res,) = asyncio.run(policy_engine.generate([req]))
+    for c in res.completions:
+        assert c.finish_reason == "stop" and c.text.endswith("A:") and c.text.count("A:") == 1
+        assert policy_engine.tokenizer.decode(c.token_ids, skip_special_tokens=True) == c.text
 
 
 def test_shared_prefix_reports_cached_tokens(policy_engine) -> None:

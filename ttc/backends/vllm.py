@@ -172,21 +172,30 @@ class VLLMBackend(Backend):
             self.check_length(ids, r.max_tokens)
             jobs.append((ids, self.sampling_params(r)))
         outs = await self._batcher.submit(jobs)
-        return [self._gen_result(o, b, s, r.logprobs) for (o, b, s), r in zip(outs, requests, strict=True)]
+        return [
+            self._gen_result(o, b, s, r.logprobs, p.detokenize)
+            for (o, b, s), r, (_, p) in zip(outs, requests, jobs, strict=True)
+        ]
 
     def sampling_params(self, r: GenRequest) -> Any:
         """vLLM's ``SamplingParams`` for one request, as ``generate`` sends it."""
         from vllm import SamplingParams
 
+        stop_ids = self._stop_ids(tuple(r.stop))
+        # A stop string that is one token stops in the engine, at that token: the front end
+        # would find the string a step or more later, the engine decoding on meanwhile. When
+        # every stop string is such a token, the front end need not detokenize at each step
+        # either (its largest cost per token, logprobs' tokens included): the text is decoded
+        # once, from the finished token ids (``_gen_result``).
+        in_engine = len(stop_ids) == len(r.stop)
         return SamplingParams(
             n=r.n,
             temperature=r.temperature,
             top_p=r.top_p,
             max_tokens=r.max_tokens,
-            stop=r.stop or None,
-            # A stop string that is one token also stops in the engine, at that token: the
-            # front end finds strings a step or more later, and the engine decodes on meanwhile.
-            stop_token_ids=self._stop_ids(tuple(r.stop)) or None,
+            stop=None if in_engine else r.stop,
+            stop_token_ids=stop_ids or None,
+            detokenize=not in_engine,
             include_stop_str_in_output=True,
             seed=r.seed,
             logprobs=0 if r.logprobs else None,
@@ -201,8 +210,7 @@ class VLLMBackend(Backend):
             self._stop_id_cache[stop] = one
         return self._stop_id_cache[stop]
 
-    @staticmethod
-    def _gen_result(out: Any, batch_id: int, seconds: float, want_logprobs: bool) -> GenResult:
+    def _gen_result(self, out: Any, batch_id: int, seconds: float, want_logprobs: bool, detokenized: bool) -> GenResult:
         completions = []
         for c in out.outputs:
             lps = None
@@ -212,7 +220,7 @@ class VLLMBackend(Backend):
             completions.append(
                 Completion(
                     token_ids=list(c.token_ids),
-                    text=c.text,
+                    text=c.text if detokenized else self.tokenizer.decode(c.token_ids, skip_special_tokens=True),
                     cumulative_logprob=c.cumulative_logprob,
                     logprobs=lps,
                     finish_reason=str(c.finish_reason),
@@ -243,10 +251,14 @@ class VLLMBackend(Backend):
                 raise BackendError("score needs a non-empty continuation")
             self.check_length(prompt + cont)
             if len(cont) == 1:
-                params = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=cont, skip_clone=True)
+                params = SamplingParams(
+                    max_tokens=1, temperature=0.0, logprob_token_ids=cont, detokenize=False, skip_clone=True
+                )
                 jobs.append((prompt, params))
             else:
-                params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, skip_clone=True)
+                params = SamplingParams(
+                    max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False, skip_clone=True
+                )
                 jobs.append((prompt + cont, params))
             spans.append((len(prompt), cont))
         outs = await self._batcher.submit(jobs)
