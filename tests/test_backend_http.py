@@ -64,7 +64,7 @@ def test_the_route_samples_what_completions_samples(replicas: Any, policy_engine
     """Each request keeps its own seed through the batch route: the same samples as one
     ``/v1/completions`` request each and as the in-process engine, so a run repeats
     whichever way it reaches the engine."""
-    from ttc.backends.http import HTTPBackend
+    from ttc.backends.http import HTTPBackend, route_params
 
     plain = HTTPBackend(str(POLICY_PATH), endpoints=[replicas[0].url], batch_route=False)
     routed = HTTPBackend(str(POLICY_PATH), endpoints=[replicas[0].url])
@@ -72,11 +72,19 @@ def test_the_route_samples_what_completions_samples(replicas: Any, policy_engine
     reqs = [GenRequest(prompt=f"Q:{a}+{a}*7-3=?\n", n=3, stop=["\n"], max_tokens=40, seed=a) for a in (11, 12, 13)]
     reqs.append(reqs[0].model_copy(update={"seed": 99}))  # same prompt, other seed: other samples
 
-    def samples(b: Any) -> list[list[list[int]]]:
-        return [[c.token_ids for c in r.completions] for r in asyncio.run(b.generate(reqs))]
+    def samples(b: Any) -> list[list[tuple[list[int], str, str]]]:
+        return [[(c.token_ids, c.text, c.finish_reason) for c in r.completions] for r in asyncio.run(b.generate(reqs))]
 
+    # The route and the in-process engine stop at the one-token delimiter in the engine and
+    # decode each text once; /v1/completions finds the string in text the server detokenized.
+    assert route_params(reqs[0], routed.one_token_stops(["\n"])) == {
+        **route_params(reqs[0].model_copy(update={"stop": []}), []),
+        "stop_token_ids": routed.encode_continuation("\n"),
+    }
+    assert route_params(reqs[0], [])["detokenize"] and route_params(reqs[0], [])["stop"] == ["\n"]
     got, want = samples(routed), samples(plain)
     assert got == want == samples(policy_engine)
+    assert any(text.endswith("\n") for _, text, _ in (c for r in got for c in r))
     assert got[0] != got[3]
     assert routed.endpoints[0].sent == 1  # the four requests went in one POST
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import Any
 
 from ttc.types import GenRequest, GenResult, KVGeometry, ScoreRequest, ScoreResult
@@ -49,6 +50,20 @@ class Backend(ABC):
         if isinstance(text, list):
             return text
         return list(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        """Generated tokens' text, as every backend returns it (special tokens left out)."""
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
+
+    def one_token_stops(self, stop: Sequence[str]) -> list[int]:
+        """The token ids of those stop strings that are one token each (step delimiters such
+        as ``"\\n"``): an engine can stop at them by itself, without the text."""
+        cache: dict[tuple[str, ...], list[int]] = self.__dict__.setdefault("_one_token_stops", {})
+        key = tuple(stop)
+        if key not in cache:  # a handful of step delimiters per backend; tokenizing is per request
+            ids = [self.encode_continuation(s) for s in key]
+            cache[key] = [t[0] for t, s in zip(ids, key, strict=True) if len(t) == 1 and self.tokenizer.decode(t) == s]
+        return cache[key]
 
     def check_length(self, ids: list[int], max_tokens: int = 0) -> None:
         if self.max_model_len is not None and len(ids) + max(max_tokens, 1) > self.max_model_len:

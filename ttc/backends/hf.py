@@ -83,7 +83,7 @@ class HFBackend(Backend):
             completions.append(
                 Completion(
                     token_ids=new,
-                    text=self.tokenizer.decode(new, skip_special_tokens=True),
+                    text=self.decode(new),
                     cumulative_logprob=sum(logps) if r.logprobs else None,  # as the engines: when asked
                     logprobs=logps if r.logprobs else None,
                     finish_reason=finish,
@@ -98,7 +98,7 @@ class HFBackend(Backend):
         if not stop:
             return new, logps, finish
         for k in range(1, len(new) + 1):
-            text = self.tokenizer.decode(new[:k], skip_special_tokens=True)
+            text = self.decode(new[:k])
             if any(s in text for s in stop):
                 return new[:k], logps[:k], "stop"
         return new, logps, finish

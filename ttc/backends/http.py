@@ -29,7 +29,7 @@ import math
 import random
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
@@ -48,13 +48,14 @@ from ttc.backends.sglang import (
     score_batched,
     shared_prompts,
 )
+from ttc.backends.vllm import sampling_kwargs
 from ttc.backends.vllm_route import PATH as ROUTE_PATH
 from ttc.types import Completion, GenRequest, GenResult, ScoreRequest, ScoreResult
 
 Api = Literal["openai", "sglang"]
 J = TypeVar("J")
 RETRY_STATUS = {429, 500, 502, 503, 504}
-SCORE = {"max_tokens": 1, "temperature": 0.0}  # the batch route's settings for a score
+SCORE = {"max_tokens": 1, "temperature": 0.0, "detokenize": False}  # the batch route's settings for a score
 
 
 class BusyClock:
@@ -276,10 +277,14 @@ class HTTPBackend(Backend):
             ids = self.encode(r.prompt)
             self.check_length(ids, r.max_tokens)
             prompts.append(ids)
-        if self.uses_route:
-            outs = await self._routed.submit([(ids, route_params(r)) for ids, r in zip(prompts, requests, strict=True)])
-            return [route_gen_result(o, r.logprobs) for o, r in zip(outs, requests, strict=True)]
         pairs = zip(prompts, requests, strict=True)
+        if self.uses_route:
+            jobs = [(ids, route_params(r, self.one_token_stops(r.stop))) for ids, r in pairs]
+            outs = await self._routed.submit(jobs)
+            return [
+                route_gen_result(o, r.logprobs, None if params["detokenize"] else self.decode)
+                for o, r, (_, params) in zip(outs, requests, jobs, strict=True)
+            ]
         return list(await asyncio.gather(*(self._generate_one(ids, r, batch_id) for ids, r in pairs)))
 
     async def _generate_one(self, ids: list[int], r: GenRequest, batch_id: int) -> GenResult:
@@ -496,17 +501,13 @@ class HTTPBackend(Backend):
         self._loop_state = None
 
 
-def route_params(r: GenRequest) -> dict[str, Any]:
+def route_params(r: GenRequest, one_token_stops: list[int]) -> dict[str, Any]:
     """``SamplingParams`` keywords for the batch route: the in-process backend's own settings."""
-    params: dict[str, Any] = {
-        "n": r.n, "temperature": r.temperature, "top_p": r.top_p, "max_tokens": r.max_tokens,
-        "stop": r.stop or None, "include_stop_str_in_output": True, "seed": r.seed,
-        "logprobs": 0 if r.logprobs else None,
-    }  # fmt: skip
-    return {k: v for k, v in params.items() if v is not None}
+    return {k: v for k, v in sampling_kwargs(r, one_token_stops).items() if v is not None}
 
 
-def route_gen_result(out: Any, want_logprobs: bool) -> GenResult:
+def route_gen_result(out: Any, want_logprobs: bool, decode: Callable[[list[int]], str] | None = None) -> GenResult:
+    """``decode``: the text from the token ids, where the server did not detokenize."""
     if isinstance(out, Exception):
         raise out
     completions = []
@@ -516,8 +517,8 @@ def route_gen_result(out: Any, want_logprobs: bool) -> GenResult:
             lps = [float(step[str(t)]) for step, t in zip(c["logprobs"], c["token_ids"], strict=True)]
         completions.append(
             Completion(
-                token_ids=list(c["token_ids"]), text=c["text"], cumulative_logprob=c.get("cumulative_logprob"),
-                logprobs=lps, finish_reason=c["finish_reason"],
+                token_ids=list(c["token_ids"]), text=decode(c["token_ids"]) if decode else c["text"],
+                cumulative_logprob=c.get("cumulative_logprob"), logprobs=lps, finish_reason=c["finish_reason"],
             )
         )  # fmt: skip
     return GenResult(

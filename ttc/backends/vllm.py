@@ -88,6 +88,31 @@ def kv_dtype_bytes(kv_cache_dtype: str, model_dtype: str) -> float:
     return 4.0 if name in ("float32", "float") else 2.0
 
 
+def sampling_kwargs(r: GenRequest, one_token_stops: list[int]) -> dict[str, Any]:
+    """vLLM ``SamplingParams`` keywords for one request, in process and through the batch
+    route alike (``one_token_stops``: ``Backend.one_token_stops(r.stop)``).
+
+    A stop string that is one token stops in the engine, at that token: vLLM's front end
+    would find the string a step or more later, the engine decoding on meanwhile. When every
+    stop string is such a token, the front end need not detokenize at each step either (its
+    largest cost per token, log-probabilities' tokens included): the caller decodes the text
+    once, from the finished token ids (``Backend.decode``), when ``detokenize`` is off.
+    """
+    in_engine = len(one_token_stops) == len(r.stop)
+    return dict(
+        n=r.n,
+        temperature=r.temperature,
+        top_p=r.top_p,
+        max_tokens=r.max_tokens,
+        stop=None if in_engine else r.stop,
+        stop_token_ids=one_token_stops or None,
+        detokenize=not in_engine,
+        include_stop_str_in_output=True,
+        seed=r.seed,
+        logprobs=0 if r.logprobs else None,
+    )
+
+
 class VLLMBackend(Backend):
     name = "vllm"
 
@@ -145,7 +170,6 @@ class VLLMBackend(Backend):
         geo = kv_geometry(mc.hf_config, "auto")
         self.kv = geo.model_copy(update={"dtype_bytes": kv_dtype_bytes(cc.cache_dtype, str(mc.dtype))})
         self._batcher: MicroBatcher[tuple[list[int], Any], Any] = MicroBatcher(self._run, max_batch)
-        self._stop_id_cache: dict[tuple[str, ...], list[int]] = {}
 
     # -- engine side (worker thread) ------------------------------------------------
     def _run(self, jobs: Sequence[tuple[list[int], Any]], batch_id: int) -> list[tuple[Any, int, float]]:
@@ -181,34 +205,11 @@ class VLLMBackend(Backend):
         """vLLM's ``SamplingParams`` for one request, as ``generate`` sends it."""
         from vllm import SamplingParams
 
-        stop_ids = self._stop_ids(tuple(r.stop))
-        # A stop string that is one token stops in the engine, at that token: the front end
-        # would find the string a step or more later, the engine decoding on meanwhile. When
-        # every stop string is such a token, the front end need not detokenize at each step
-        # either (its largest cost per token, logprobs' tokens included): the text is decoded
-        # once, from the finished token ids (``_gen_result``).
-        in_engine = len(stop_ids) == len(r.stop)
         return SamplingParams(
-            n=r.n,
-            temperature=r.temperature,
-            top_p=r.top_p,
-            max_tokens=r.max_tokens,
-            stop=None if in_engine else r.stop,
-            stop_token_ids=stop_ids or None,
-            detokenize=not in_engine,
-            include_stop_str_in_output=True,
-            seed=r.seed,
-            logprobs=0 if r.logprobs else None,
+            **sampling_kwargs(r, self.one_token_stops(r.stop)),
             flat_logprobs=True,  # flat lists, not a dict and an object per token: the front end's time
             skip_clone=True,  # built for this request alone: vLLM's deep copy per request is waste
         )
-
-    def _stop_ids(self, stop: tuple[str, ...]) -> list[int]:
-        if stop not in self._stop_id_cache:  # a handful of step delimiters per engine
-            ids = [self.encode_continuation(s) for s in stop]
-            one = [t[0] for t, s in zip(ids, stop, strict=True) if len(t) == 1 and self.tokenizer.decode(t) == s]
-            self._stop_id_cache[stop] = one
-        return self._stop_id_cache[stop]
 
     def _gen_result(self, out: Any, batch_id: int, seconds: float, want_logprobs: bool, detokenized: bool) -> GenResult:
         completions = []
@@ -220,7 +221,7 @@ class VLLMBackend(Backend):
             completions.append(
                 Completion(
                     token_ids=list(c.token_ids),
-                    text=c.text if detokenized else self.tokenizer.decode(c.token_ids, skip_special_tokens=True),
+                    text=c.text if detokenized else self.decode(c.token_ids),
                     cumulative_logprob=c.cumulative_logprob,
                     logprobs=lps,
                     finish_reason=str(c.finish_reason),
