@@ -25,7 +25,7 @@ import math
 import os
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pydantic import PositiveInt
@@ -257,7 +257,7 @@ async def generate_batched(backend: Backend, batcher: Batches, requests: list[Ge
             GenResult(
                 prompt_token_ids=ids,
                 cached_tokens=min((c for _, _, _, c in mine), default=0),
-                completions=[sglang_completion(o, backend.tokenizer, r.logprobs) for o, _, _, _ in mine],
+                completions=[sglang_completion(o, backend.decode, r.logprobs) for o, _, _, _ in mine],
                 batch_id=mine[0][1] if mine else 0,
                 engine_seconds=sum(s for _, _, s, _ in mine),
             )
@@ -342,7 +342,7 @@ def account(
     return [(o, batch_id, s, c) for o, s, c in zip(outs, shares, cached_before, strict=True)]
 
 
-def sglang_completion(out: dict[str, Any], tokenizer: Any, want_logprobs: bool) -> Completion:
+def sglang_completion(out: dict[str, Any], decode: Callable[[list[int]], str], want_logprobs: bool) -> Completion:
     """A ``Completion`` from one SGLang output (the engine's and the server's have one shape)."""
     meta = out["meta_info"]
     token_ids = list(out.get("output_ids") or [])
@@ -351,7 +351,7 @@ def sglang_completion(out: dict[str, Any], tokenizer: Any, want_logprobs: bool) 
     reason = finish.get("type", "stop") if isinstance(finish, dict) else str(finish)
     return Completion(
         token_ids=token_ids,
-        text=tokenizer.decode(token_ids, skip_special_tokens=True),
+        text=decode(token_ids),
         cumulative_logprob=math.fsum(lps) if lps else None,
         logprobs=lps if want_logprobs and lps else None,
         finish_reason=str(reason),
