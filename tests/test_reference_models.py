@@ -75,6 +75,26 @@ def test_hf_backend_stop_strings_and_scores() -> None:
     assert len(s.token_logprobs) == len("12+7=19\n") and all(lp <= 0 for lp in s.token_logprobs)
 
 
+def test_hf_backend_stops_generating_at_a_stop_string_of_the_completion() -> None:
+    from ttc.backends.hf import HFBackend
+
+    hf = HFBackend(str(POLICY_PATH), device="cpu", dtype="float32")
+    forward, calls = hf.model.forward, []
+    hf.model.forward = lambda *a, **k: calls.append(1) or forward(*a, **k)
+    req = GenRequest(prompt="Q:12+7*3=?\n", stop=["="], temperature=0.0, max_tokens=200)
+    (res,) = asyncio.run(hf.generate([req]))
+    (c,) = res.completions
+    assert c.text.endswith("=") and c.text.count("=") == 1 and c.finish_reason == "stop"
+    assert len(calls) == len(c.token_ids)  # one forward pass per token: nothing generated past the stop
+    (free,) = asyncio.run(hf.generate([req.model_copy(update={"stop": [], "max_tokens": 12})]))
+    (f,) = free.completions
+    assert f.text.startswith(c.text) and len(f.token_ids) == 12 and f.finish_reason == "length"
+    # A stop string that only the prompt's end and the completion's start make up is no stop
+    # (no engine matches into the prompt; transformers' own ``stop_strings`` would).
+    (across,) = asyncio.run(hf.generate([req.model_copy(update={"stop": ["?\n" + f.text[0]], "max_tokens": 12})]))
+    assert across.completions[0].token_ids == f.token_ids and across.completions[0].finish_reason == "length"
+
+
 PRM_CHAINS = [  # (prompt, steps): right, a slip continued correctly, a wrong final answer
     ("Q:37+45*2-18=?\n", ["37+45=82\n", "82*2=164\n", "164-18=146\n", "A:146\n"]),
     ("Q:37+45*2-18=?\n", ["37+45=82\n", "82*2=146\n", "146-18=128\n", "A:128\n"]),

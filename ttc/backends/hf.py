@@ -12,6 +12,26 @@ from ttc.backends.batching import MicroBatcher
 from ttc.types import Completion, GenRequest, GenResult, ScoreRequest, ScoreResult
 
 
+class _StopStrings:
+    """Ends a one-sequence ``generate`` at the token that completes a stop string of the
+    *completion* (the prompt never counts, as in the engines), kept in the output as they
+    keep it. transformers' own ``stop_strings`` would also match a stop string that begins
+    in the prompt. Each step decodes only the tail that can hold a new match: the first
+    match ends generation, so none can lie further back."""
+
+    def __init__(self, decode: Any, start: int, stop: list[str]) -> None:
+        self.decode, self.start, self.stop = decode, start, stop
+        # A token decodes to a character or more (special ones, skipped, to none: margin).
+        self.window = max((len(s) for s in stop), default=0) + 2
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        tail = input_ids[0, max(self.start, input_ids.shape[1] - self.window) :].tolist()
+        hit = bool(self.stop) and any(s in self.decode(tail) for s in self.stop)
+        return torch.tensor([hit], dtype=torch.bool, device=input_ids.device)
+
+
 class HFBackend(Backend):
     name = "hf"
 
@@ -52,6 +72,7 @@ class HFBackend(Backend):
 
     def _generate(self, ids: list[int], r: GenRequest) -> tuple[list[Completion], int]:
         import torch
+        from transformers import StoppingCriteriaList
 
         completions, computed = [], len(ids)
         for i in range(r.n):
@@ -70,38 +91,26 @@ class HFBackend(Backend):
                     output_logits=True,
                     return_dict_in_generate=True,
                     pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+                    stopping_criteria=StoppingCriteriaList([_StopStrings(self.decode, len(ids), r.stop)]),
                 )
             new = out.sequences[0, len(ids):].tolist()
             logps = [
                 torch.log_softmax(step[0].float(), -1)[t].item() for step, t in zip(out.logits, new, strict=False)
             ]
-            finish = "length"
-            if new and new[-1] == self.tokenizer.eos_token_id:
-                finish = "stop"
-            new, logps, finish = self._cut_at_stop(new, logps, finish, r.stop)
+            text = self.decode(new)
+            ended = bool(new) and new[-1] == self.tokenizer.eos_token_id
+            finish = "stop" if ended or any(s in text for s in r.stop) else "length"
             computed += len(new)
             completions.append(
                 Completion(
                     token_ids=new,
-                    text=self.decode(new),
+                    text=text,
                     cumulative_logprob=sum(logps) if r.logprobs else None,  # as the engines: when asked
                     logprobs=logps if r.logprobs else None,
                     finish_reason=finish,
                 )
             )
         return completions, computed
-
-    def _cut_at_stop(
-        self, new: list[int], logps: list[float], finish: str, stop: list[str]
-    ) -> tuple[list[int], list[float], str]:
-        """Keep tokens up to the one that completes the first stop string (kept, as vLLM here)."""
-        if not stop:
-            return new, logps, finish
-        for k in range(1, len(new) + 1):
-            text = self.decode(new[:k])
-            if any(s in text for s in stop):
-                return new[:k], logps[:k], "stop"
-        return new, logps, finish
 
     def _score(self, ids: list[int], start: int) -> tuple[list[float], int]:
         import torch
