@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 from abc import ABC, abstractmethod
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, Field
 
 from ttc.answers import extract_answer, guess_answer_format
+from ttc.registry import INJECTED, check_args
 from ttc.types import Problem, Verdict
 
 if TYPE_CHECKING:
     from ttc.backends.base import Backend
     from ttc.context import QueryContext
     from verifiers.base import Verifier
+
+
+# Strategy arguments declare their bounds in their types (this and pydantic's
+# ``PositiveInt``, ``NonNegativeFloat``, ...). The config check enforces them before any
+# engine starts, and so does every construction from code.
+TopP = Annotated[float, Field(gt=0, le=1)]
 
 
 class Candidate(BaseModel):
@@ -38,6 +47,11 @@ class Strategy(ABC):
 
     name: str = "strategy"
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _checked(cls.__init__, cls.name)  # type: ignore[method-assign]
+
     @abstractmethod
     async def solve(self, ctx: QueryContext) -> Answer:
         """Answer ``ctx.problem`` using ``ctx`` for every engine call."""
@@ -55,6 +69,21 @@ class Strategy(ABC):
         if isinstance(problem, str):
             problem = Problem(id="adhoc", prompt=problem, answer_format=guess_answer_format(problem))
         return asyncio.run(self.solve(QueryContext(problem, backend, seed=seed, **context)))
+
+
+def _checked(init: Any, name: str) -> Any:
+    """``init`` behind the check of its arguments against its signature's types and bounds
+    (``ttc.registry.check_args``, the config check's own), so that ``MCTS(simulations=0)``
+    fails as ``strategy.simulations=0`` does on the command line: with one line naming it."""
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def checked(self: Strategy, *args: Any, **kwargs: Any) -> None:
+        given = signature.bind(self, *args, **kwargs).arguments
+        check_args(init, {k: v for k, v in given.items() if k not in INJECTED}, name)
+        init(self, *args, **kwargs)
+
+    return checked
 
 
 def candidate(problem: Problem, completion: str, score: float | None = None) -> Candidate:

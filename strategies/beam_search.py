@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import NonNegativeFloat, NonNegativeInt, PositiveInt
+
 from strategies.base import Answer, Strategy, best_scored, candidate, weighted
 from strategies.tree import Node, expand, root, score
 from ttc.context import QueryContext
@@ -23,13 +25,13 @@ class BeamSearch(Strategy):
 
     def __init__(
         self,
-        n: int = 16,
-        width: int = 4,
-        max_depth: int = 12,
-        lookahead: int = 0,
+        n: PositiveInt = 16,
+        width: PositiveInt = 4,
+        max_depth: PositiveInt = 12,
+        lookahead: NonNegativeInt = 0,
         select: Literal["best", "weighted"] = "best",
-        temperature: float = 1.0,
-        max_step_tokens: int = 48,
+        temperature: NonNegativeFloat = 1.0,
+        max_step_tokens: PositiveInt = 48,
         verifier: Verifier | None = None,
     ) -> None:
         if n < width or n % width:

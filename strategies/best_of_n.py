@@ -5,7 +5,18 @@ from __future__ import annotations
 
 from typing import Literal
 
-from strategies.base import Answer, Strategy, best_scored, candidate, majority, score_candidates, weighted
+from pydantic import NonNegativeFloat, PositiveInt
+
+from strategies.base import (
+    Answer,
+    Strategy,
+    TopP,
+    best_scored,
+    candidate,
+    majority,
+    score_candidates,
+    weighted,
+)
 from ttc.context import QueryContext
 from ttc.types import GenRequest
 from verifiers.base import Verifier
@@ -18,12 +29,12 @@ class BestOfN(Strategy):
 
     def __init__(
         self,
-        n: int = 16,
+        n: PositiveInt = 16,
         select: Select = "majority",
         verifier: Verifier | None = None,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        max_tokens: int = 160,
+        temperature: NonNegativeFloat = 1.0,
+        top_p: TopP = 1.0,
+        max_tokens: PositiveInt = 160,
     ) -> None:
         if select != "majority" and verifier is None:
             raise ValueError(f"best_of_n select={select} needs a verifier")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from strategies.base import Answer, Strategy, candidate
+from pydantic import NonNegativeFloat, PositiveInt
+
+from strategies.base import Answer, Strategy, TopP, candidate
 from ttc.context import QueryContext
 from ttc.types import GenRequest
 
@@ -10,7 +12,7 @@ from ttc.types import GenRequest
 class CoT(Strategy):
     name = "cot"
 
-    def __init__(self, temperature: float = 1.0, top_p: float = 1.0, max_tokens: int = 160) -> None:
+    def __init__(self, temperature: NonNegativeFloat = 1.0, top_p: TopP = 1.0, max_tokens: PositiveInt = 160) -> None:
         self.temperature, self.top_p, self.max_tokens = temperature, top_p, max_tokens
 
     async def solve(self, ctx: QueryContext) -> Answer:

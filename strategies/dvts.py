@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 from typing import Literal
 
+from pydantic import NonNegativeFloat, PositiveInt
+
 from strategies.base import Answer, Strategy
 from strategies.beam_search import BeamSearch, pick
 from ttc.context import QueryContext
@@ -18,12 +20,12 @@ class DVTS(Strategy):
 
     def __init__(
         self,
-        n: int = 16,
-        width: int = 4,
-        max_depth: int = 12,
+        n: PositiveInt = 16,
+        width: PositiveInt = 4,
+        max_depth: PositiveInt = 12,
         select: Literal["best", "weighted"] = "weighted",
-        temperature: float = 1.0,
-        max_step_tokens: int = 48,
+        temperature: NonNegativeFloat = 1.0,
+        max_step_tokens: PositiveInt = 48,
         verifier: Verifier | None = None,
     ) -> None:
         if n < width or n % width:

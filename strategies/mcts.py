@@ -17,6 +17,8 @@ from __future__ import annotations
 import math
 from typing import Literal
 
+from pydantic import NonNegativeFloat, PositiveInt
+
 from strategies.base import Answer, Strategy
 from strategies.beam_search import pick
 from strategies.tree import Node, expand, rollout, root, score
@@ -30,22 +32,22 @@ class MCTS(Strategy):
 
     def __init__(
         self,
-        simulations: int = 16,
-        branching: int = 4,
-        max_depth: int = 12,
-        c_explore: float = 1.0,
+        simulations: PositiveInt = 16,
+        branching: PositiveInt = 4,
+        max_depth: PositiveInt = 12,
+        c_explore: NonNegativeFloat = 1.0,
         selection: Literal["puct", "uct"] = "puct",
         evaluation: Literal["prm", "rollout", "both"] = "prm",
-        parallel: int = 4,
-        virtual_loss: float = 1.0,
+        parallel: PositiveInt = 4,
+        virtual_loss: NonNegativeFloat = 1.0,
         select: Literal["best", "weighted"] = "best",
-        temperature: float = 1.0,
-        max_step_tokens: int = 48,
+        temperature: NonNegativeFloat = 1.0,
+        max_step_tokens: PositiveInt = 48,
         verifier: Verifier | None = None,
     ) -> None:
         self.simulations, self.k, self.max_depth = simulations, branching, max_depth
         self.c, self.selection, self.evaluation = c_explore, selection, evaluation
-        self.parallel, self.vloss, self.select = max(1, parallel), virtual_loss, select
+        self.parallel, self.vloss, self.select = parallel, virtual_loss, select
         self.temperature, self.max_step_tokens = temperature, max_step_tokens
         self.verifier = verifier
 

@@ -16,6 +16,8 @@ import math
 import random
 from typing import Literal
 
+from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt
+
 from strategies.base import Answer, Strategy
 from strategies.beam_search import pick
 from strategies.tree import Node, expand, root, score
@@ -29,12 +31,12 @@ class ParticleFilter(Strategy):
 
     def __init__(
         self,
-        n: int = 16,
-        max_depth: int = 12,
-        resample_temperature: float = 0.1,
+        n: PositiveInt = 16,
+        max_depth: PositiveInt = 12,
+        resample_temperature: PositiveFloat = 0.1,
         select: Literal["best", "weighted"] = "weighted",
-        temperature: float = 1.0,
-        max_step_tokens: int = 48,
+        temperature: NonNegativeFloat = 1.0,
+        max_step_tokens: PositiveInt = 48,
         verifier: Verifier | None = None,
     ) -> None:
         self.n, self.max_depth, self.tau, self.select = n, max_depth, resample_temperature, select

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import NonNegativeFloat, PositiveInt
+
 from strategies.base import Answer, Candidate, Strategy, candidate
 from ttc.context import QueryContext
 from ttc.types import GenRequest, Verdict
@@ -31,11 +33,11 @@ class VerifyRevise(Strategy):
 
     def __init__(
         self,
-        rounds: int = 3,
+        rounds: PositiveInt = 3,
         revise: Literal["resample", "feedback"] = "resample",
         threshold: float = 0.5,
-        temperature: float = 1.0,
-        max_tokens: int = 160,
+        temperature: NonNegativeFloat = 1.0,
+        max_tokens: PositiveInt = 160,
         verifier: Verifier | None = None,
     ) -> None:
         self.rounds, self.revise, self.threshold = rounds, revise, threshold

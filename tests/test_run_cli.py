@@ -34,6 +34,12 @@ def run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
         (["verifier=prm", "+verifier.engine.gpu_memory_utilization=lots"], "verifier.engine.gpu_memory_utilization"),
         (["cohorts=0"], "cohorts"),
         (["backend=sglang", "backend.cpu_cores=0|1"], "backend.cpu_cores"),  # one set: it binds processes
+        (["strategy=mcts", "strategy.simulations=0"], "strategy.simulations"),
+        (["strategy=cot", "strategy.top_p=1.5"], "strategy.top_p"),
+        # a rule between two arguments, found before any engine starts
+        (["strategy=beam_search", "strategy.n=16", "strategy.width=5"], "multiple of width"),
+        (["dataset=gsm8k", "dataset.path=/nonexistent/gsm8k.jsonl"], "dataset.path"),
+        (["model.path=/nonexistent/model"], "model.path"),
     ],
 )
 def test_bad_config_fails_fast_with_one_line(tmp_path: Path, args: list[str], key: str) -> None:
@@ -49,6 +55,13 @@ def test_unknown_group_option_is_named_without_a_traceback(tmp_path: Path) -> No
     p = run("dataset=nope", f"hydra.run.dir={tmp_path}", timeout=120)
     assert p.returncode != 0
     assert "dataset/nope" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_a_model_that_cannot_be_fetched_is_named_without_a_traceback(tmp_path: Path) -> None:
+    # No such repository on the hub, or no hub at all (as here): transformers says which.
+    p = run("model.path=ttc-tests/no-such-model", f"hydra.run.dir={tmp_path}", timeout=300)
+    assert p.returncode == 2
+    assert "config error: model: cannot load ttc-tests/no-such-model" in p.stderr and "Traceback" not in p.stderr
 
 
 @pytest.mark.engine

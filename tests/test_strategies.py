@@ -83,6 +83,24 @@ def test_beam_search_rejects_bad_width() -> None:
         BeamSearch(n=6, width=4)
 
 
+@pytest.mark.parametrize(
+    ("make", "named"),
+    [
+        (lambda: MCTS(simulations=0), "mcts.simulations"),
+        (lambda: MCTS(c_explore=-1.0), "mcts.c_explore"),
+        (lambda: BestOfN(n=0), "best_of_n.n"),
+        (lambda: CoT(top_p=0.0), "cot.top_p"),
+        (lambda: CoT(temperature=-0.5), "cot.temperature"),
+        (lambda: ParticleFilter(resample_temperature=0.0), "particle_filter.resample_temperature"),
+        (lambda: VerifyRevise(rounds=0), "verify_revise.rounds"),
+        (lambda: BeamSearch(lookahead=-1), "beam_search.lookahead"),
+    ],
+)
+def test_constructing_a_strategy_checks_the_bounds_its_signature_declares(make, named: str) -> None:
+    with pytest.raises(ValueError, match=named.replace(".", r"\.")):
+        make()
+
+
 def test_dvts_runs_independent_subtrees() -> None:
     b = ScriptedBackend(p_correct=0.5)
     dvts = DVTS(n=8, width=4, verifier=PRMVerifier(b))

@@ -368,7 +368,7 @@ def test_classifier_prm_rejects_mismatched_outputs_and_unknown_separators() -> N
 
 def spec_for(name: str, **args: Any) -> RunSpec:
     return RunSpec(
-        model=ModelSpec(name="m", path="/policy", prm_path="/prm", step_delimiter="\n"),
+        model=ModelSpec(name="m", path="org/policy", prm_path="org/prm", step_delimiter="\n"),  # hub ids
         backend_name="vllm",
         backend_args={},
         strategy_name="best_of_n",
@@ -390,11 +390,11 @@ def test_build_gives_model_verifiers_their_engine(monkeypatch: pytest.MonkeyPatc
     prm, kv = build_verifier(
         spec_for("prm", aggregate="min", good_token="<good>", step_tag="", step_delimiter="\n\n"), {}
     )
-    assert prm.backend is started["/prm"] and prm.delim == "\n" and kv == started["/prm"].kv
+    assert prm.backend is started["org/prm"] and prm.delim == "\n" and kv == started["org/prm"].kv
     orm, _ = build_verifier(spec_for("orm", model_path=None), {})
-    assert orm.backend is started["/prm"]
+    assert orm.backend is started["org/prm"]
     judge, _ = build_verifier(spec_for("judge", mode="generate", model_path=None), {})
-    assert judge.backend is started["/policy"] and judge.mode == "generate"
+    assert judge.backend is started["org/policy"] and judge.mode == "generate"
     other, _ = build_verifier(spec_for("judge", model_path="/judge"), {})
     assert other.backend is started["/judge"]
     math_v, kv = build_verifier(spec_for("math"), {})

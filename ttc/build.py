@@ -11,10 +11,11 @@ import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any, Literal
 
 from omegaconf import DictConfig, OmegaConf
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from ttc import datasets
 from ttc.backends.base import Backend
@@ -38,6 +39,14 @@ class ModelSpec(BaseModel):
     step_delimiter: str = "\n\n"
     max_model_len: int = 4096
     dtype: str = "auto"
+
+    @field_validator("path", "prm_path")
+    @classmethod
+    def _local_path_exists(cls, value: str | None) -> str | None:
+        # A hub id (org/name) is fetched where the hub is reachable; a path must be there.
+        if value and value.startswith(("/", ".", "~")) and not Path(value).expanduser().is_dir():
+            raise ValueError(f"no such model directory {value} (a hub id reads org/name)")
+        return value
 
     @property
     def policy(self) -> str:
@@ -82,7 +91,8 @@ def check_config(cfg: DictConfig) -> RunSpec:
         model = ModelSpec(**OmegaConf.to_container(cfg.model, resolve=True))  # type: ignore[arg-type]
     except ValidationError as exc:
         err = exc.errors()[0]
-        raise ConfigError(f"model.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+        msg = err["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"model.{'.'.join(map(str, err['loc']))}: {msg}") from None
     b_name, b_args = _group(cfg, "backend")
     s_name, s_args = _group(cfg, "strategy")
     v_name, v_args = _group(cfg, "verifier")
@@ -100,9 +110,12 @@ def check_config(cfg: DictConfig) -> RunSpec:
     if d_name not in LOADERS:
         raise ConfigError(f"dataset: unknown {d_name!r}; allowed: {', '.join(LOADERS)}")
     d_args = check_args(LOADERS[d_name], d_args, "dataset", injected=frozenset({"name"}))
+    if d_args.get("path") and not Path(d_args["path"]).is_file():
+        raise ConfigError(f"dataset.path: no such file {d_args['path']}")
     s_args = check_args(strategy_cls, s_args, "strategy")
     if getattr(strategy_cls, "needs_verifier", lambda a: False)(s_args) and v_name == "none":
         raise ConfigError(f"verifier: strategy {s_name} with these options needs one (e.g. verifier=prm)")
+    _try_strategy(strategy_cls, s_args, with_verifier=v_name != "none")
     if v_name in VERIFIER_ENGINES:
         # A verifier model of its own (the PRM) on a remote backend lives on its own servers.
         own_model = VERIFIER_ENGINES[v_name] == "prm" or v_args.get("model_path")
@@ -139,6 +152,18 @@ def check_config(cfg: DictConfig) -> RunSpec:
     )
 
 
+def _try_strategy(strategy_cls: type, args: dict[str, Any], with_verifier: bool) -> None:
+    """Build the strategy once, engines aside, so that a rule between its arguments (beam
+    search's ``n`` a multiple of ``width``) fails here, not after the engines have started.
+    A configured verifier is stood in for: constructors only keep it."""
+    takes_verifier = "verifier" in inspect.signature(strategy_cls).parameters
+    extra = {"verifier": object()} if takes_verifier and with_verifier else {}
+    try:
+        strategy_cls(**args, **extra)
+    except ValueError as exc:
+        raise ConfigError(f"strategy: {exc}") from None
+
+
 _ENGINES: dict[tuple[Any, ...], Backend] = {}
 
 
@@ -146,7 +171,10 @@ def engine(name: str, model: str, seed: int, **args: Any) -> Backend:
     """One engine per (backend, model, settings) per process: a sweep reuses it."""
     key = (name, model, seed, tuple(sorted((k, repr(v)) for k, v in args.items())))
     if key not in _ENGINES:
-        _ENGINES[key] = resolve(BACKENDS, name, "backend")(model=model, seed=seed, **args)
+        try:
+            _ENGINES[key] = resolve(BACKENDS, name, "backend")(model=model, seed=seed, **args)
+        except OSError as exc:  # transformers' own words: no such model, or no hub to fetch it from
+            raise ConfigError(f"model: cannot load {model}: {exc}") from None
     return _ENGINES[key]
 
 
@@ -200,7 +228,10 @@ def build_verifier(spec: RunSpec, engine_args: dict[str, Any]) -> tuple[Any, KVG
 
 
 def build(spec: RunSpec) -> Built:
-    problems = LOADERS[spec.dataset_name](**spec.dataset_args)
+    try:
+        problems = LOADERS[spec.dataset_name](**spec.dataset_args)
+    except FileNotFoundError as exc:  # no local file, and no hub to fall back on
+        raise ConfigError(f"dataset: {exc}") from None
     engine_args = {**spec.backend_args}
     if "max_model_len" in engine_args and engine_args["max_model_len"] is None:
         engine_args["max_model_len"] = spec.model.max_model_len
@@ -211,7 +242,7 @@ def build(spec: RunSpec) -> Built:
     verifier, verifier_kv = build_verifier(spec, engine_args) if spec.verifier_name else (None, None)
 
     strategy_cls = resolve(STRATEGIES, spec.strategy_name, "strategy")
-    extra = {"verifier": verifier} if "verifier" in strategy_cls.__init__.__code__.co_varnames else {}
+    extra = {"verifier": verifier} if "verifier" in inspect.signature(strategy_cls).parameters else {}
     strategy = strategy_cls(**spec.strategy_args, **extra)
 
     from verifiers.math import equivalent
