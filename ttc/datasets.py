@@ -61,7 +61,7 @@ def synth_code_problems(limit: int = 100, seed: int = 0, max_const: int = 19) ->
     ]
 
 
-def _load_rows(name: str, path: str | None) -> list[dict[str, Any]]:
+def load_rows(name: str, path: str | None = None) -> list[dict[str, Any]]:
     """Rows from a local JSONL file through ``datasets``, or from the hub by name."""
     import datasets
 
@@ -82,7 +82,7 @@ def _load_rows(name: str, path: str | None) -> list[dict[str, Any]]:
 
 def math_problems(name: str, path: str | None = None) -> list[Problem]:
     out = []
-    for i, row in enumerate(_load_rows(name, path)):
+    for i, row in enumerate(load_rows(name, path)):
         question = row.get("question") or row.get("problem")
         if name == "gsm8k":
             answer, fmt = gsm8k_gold(row["answer"]), "gsm8k"
@@ -118,8 +118,7 @@ def load(
     elif name == "mbpp":
         from verifiers.code import mbpp_problems
 
-        local = Path(path) if path else data_dir() / BENCHMARKS["mbpp"][0]
-        problems = mbpp_problems(str(local))
+        problems = mbpp_problems(path)
     elif name in BENCHMARKS:
         problems = math_problems(name, path)
     else:

@@ -15,7 +15,6 @@ import ast
 import contextlib
 import doctest
 import functools
-import json
 import re
 import warnings
 from pathlib import Path
@@ -203,31 +202,32 @@ def _mbpp_entry_point(code: str, first_test: str) -> str:
     return next((n for n in names if re.search(rf"\b{re.escape(n)}\s*\(", first_test)), "")
 
 
-def mbpp_problems(path: str | Path, limit: int | None = None, split: str = "test",
+def mbpp_problems(path: str | Path | None = None, limit: int | None = None, split: str = "test",
                   n_visible: int = 1) -> list[Problem]:
-    """MBPP rows from JSONL; the prompt shows the first ``n_visible`` asserts (also the
-    visible tests), the hidden tests are all of them."""
+    """MBPP rows (a local JSONL file, else the shipped data or the hub: ``ttc.datasets.load_rows``);
+    the prompt shows the first ``n_visible`` asserts (also the visible tests), the hidden tests
+    are all of them."""
+    from ttc.datasets import load_rows
+
     low, high = MBPP_SPLITS[split]
     problems = []
-    with open(path) as f:
-        for line in f:
-            if limit is not None and len(problems) >= limit:
-                break
-            row = json.loads(line)
-            if not low <= row["task_id"] <= high:
-                continue
-            setup = [row["test_setup_code"]] if row.get("test_setup_code") else []
-            shown = row["test_list"][:n_visible]
-            prompt = row["text"] + "\nYour code should pass these tests:\n" + "\n".join(shown) + "\n"
-            problems.append(Problem(
-                id=f"mbpp/{row['task_id']}",
-                prompt=prompt,
-                answer=row["code"],
-                kind="code",
-                answer_format="program",
-                tests="\n".join(setup + row["test_list"]) + "\n",
-                visible_tests="\n".join(setup + shown) + "\n",
-                entry_point=_mbpp_entry_point(row["code"], row["test_list"][0]),
-                meta={"dataset": "mbpp", "task_id": row["task_id"]},
-            ))
+    for row in load_rows("mbpp", str(path) if path else None):
+        if limit is not None and len(problems) >= limit:
+            break
+        if not low <= row["task_id"] <= high:
+            continue
+        setup = [row["test_setup_code"]] if row.get("test_setup_code") else []
+        shown = row["test_list"][:n_visible]
+        prompt = row["text"] + "\nYour code should pass these tests:\n" + "\n".join(shown) + "\n"
+        problems.append(Problem(
+            id=f"mbpp/{row['task_id']}",
+            prompt=prompt,
+            answer=row["code"],
+            kind="code",
+            answer_format="program",
+            tests="\n".join(setup + row["test_list"]) + "\n",
+            visible_tests="\n".join(setup + shown) + "\n",
+            entry_point=_mbpp_entry_point(row["code"], row["test_list"][0]),
+            meta={"dataset": "mbpp", "task_id": row["task_id"]},
+        ))
     return problems
