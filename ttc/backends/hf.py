@@ -22,13 +22,13 @@ class _StopStrings:
     def __init__(self, decode: Any, start: int, stop: list[str]) -> None:
         self.decode, self.start, self.stop = decode, start, stop
         # A token decodes to a character or more (special ones, skipped, to none: margin).
-        self.window = max((len(s) for s in stop), default=0) + 2
+        self.window = max(len(s) for s in stop) + 2
 
     def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
         import torch
 
         tail = input_ids[0, max(self.start, input_ids.shape[1] - self.window) :].tolist()
-        hit = bool(self.stop) and any(s in self.decode(tail) for s in self.stop)
+        hit = any(s in self.decode(tail) for s in self.stop)
         return torch.tensor([hit], dtype=torch.bool, device=input_ids.device)
 
 
@@ -75,6 +75,7 @@ class HFBackend(Backend):
         from transformers import StoppingCriteriaList
 
         completions, computed = [], len(ids)
+        stops = [_StopStrings(self.decode, len(ids), r.stop)] if r.stop else []
         for i in range(r.n):
             # One sample at a time so that each has its own reproducible seed.
             if r.seed is not None:
@@ -91,7 +92,7 @@ class HFBackend(Backend):
                     output_logits=True,
                     return_dict_in_generate=True,
                     pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
-                    stopping_criteria=StoppingCriteriaList([_StopStrings(self.decode, len(ids), r.stop)]),
+                    stopping_criteria=StoppingCriteriaList(stops),
                 )
             new = out.sequences[0, len(ids):].tolist()
             logps = [
