@@ -152,12 +152,15 @@ def check_config(cfg: DictConfig) -> RunSpec:
     )
 
 
+def _takes_verifier(strategy_cls: type) -> bool:
+    return "verifier" in inspect.signature(strategy_cls).parameters
+
+
 def _try_strategy(strategy_cls: type, args: dict[str, Any], with_verifier: bool) -> None:
     """Build the strategy once, engines aside, so that a rule between its arguments (beam
     search's ``n`` a multiple of ``width``) fails here, not after the engines have started.
     A configured verifier is stood in for: constructors only keep it."""
-    takes_verifier = "verifier" in inspect.signature(strategy_cls).parameters
-    extra = {"verifier": object()} if takes_verifier and with_verifier else {}
+    extra = {"verifier": object()} if _takes_verifier(strategy_cls) and with_verifier else {}
     try:
         strategy_cls(**args, **extra)
     except ValueError as exc:
@@ -230,8 +233,8 @@ def build_verifier(spec: RunSpec, engine_args: dict[str, Any]) -> tuple[Any, KVG
 def build(spec: RunSpec) -> Built:
     try:
         problems = LOADERS[spec.dataset_name](**spec.dataset_args)
-    except FileNotFoundError as exc:  # no local file, and no hub to fall back on
-        raise ConfigError(f"dataset: {exc}") from None
+    except FileNotFoundError as exc:  # no local file, and no hub to fall back on: the loader names which
+        raise ConfigError(str(exc)) from None
     engine_args = {**spec.backend_args}
     if "max_model_len" in engine_args and engine_args["max_model_len"] is None:
         engine_args["max_model_len"] = spec.model.max_model_len
@@ -242,7 +245,7 @@ def build(spec: RunSpec) -> Built:
     verifier, verifier_kv = build_verifier(spec, engine_args) if spec.verifier_name else (None, None)
 
     strategy_cls = resolve(STRATEGIES, spec.strategy_name, "strategy")
-    extra = {"verifier": verifier} if "verifier" in inspect.signature(strategy_cls).parameters else {}
+    extra = {"verifier": verifier} if _takes_verifier(strategy_cls) else {}
     strategy = strategy_cls(**spec.strategy_args, **extra)
 
     from verifiers.math import equivalent
