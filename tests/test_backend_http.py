@@ -351,6 +351,28 @@ def test_sglang_batches_fail_whole_when_no_replica_answers() -> None:
     assert len(attempts) == 4  # two halves, two attempts each; not again job by job
 
 
+def test_a_batch_fails_whole_only_once_every_part_has_ended() -> None:
+    from ttc.backends.http import every_part
+
+    ended: list[str] = []
+
+    async def part(name: str, delay: float, fails: bool) -> str:
+        await asyncio.sleep(delay)
+        ended.append(name)
+        if fails:
+            raise EngineUnavailable(f"{name}: no endpoint answered")
+        return name
+
+    async def batch() -> list[str]:
+        with pytest.raises(EngineUnavailable, match="first"):
+            await every_part([part("first", 0.0, True), part("second", 0.05, False)])
+        return list(ended)
+
+    # The failed batch's other part ran to its end: nothing of it was left in the background.
+    assert asyncio.run(batch()) == ["first", "second"]
+    assert asyncio.run(every_part([part("a", 0.01, False), part("b", 0.0, False)])) == ["a", "b"]
+
+
 def test_busy_time_is_shared_by_weight_and_adds_up() -> None:
     from ttc.backends.http import BusyClock
 

@@ -29,7 +29,7 @@ import math
 import random
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
@@ -54,6 +54,7 @@ from ttc.types import Completion, GenRequest, GenResult, ScoreRequest, ScoreResu
 
 Api = Literal["openai", "sglang"]
 J = TypeVar("J")
+T = TypeVar("T")
 RETRY_STATUS = {429, 500, 502, 503, 504}
 SCORE = {"max_tokens": 1, "temperature": 0.0, "detokenize": False}  # the batch route's settings for a score
 
@@ -322,7 +323,7 @@ class HTTPBackend(Backend):
     async def _label_batch(self, seqs: Sequence[tuple[list[int], int]], batch_id: int) -> list[ScoreResult]:
         """One merged batch of judgements, split over the live endpoints."""
         parts = self._split(seqs)
-        done = await asyncio.gather(*(self._score_labels(chunk, batch_id, ep) for ep, chunk in parts))
+        done = await every_part(self._score_labels(chunk, batch_id, ep) for ep, chunk in parts)
         out: list[ScoreResult] = []
         for (_, chunk), read in zip(parts, done, strict=True):
             if read is None:  # the server lacks logprob_token_ids
@@ -486,7 +487,7 @@ class HTTPBackend(Backend):
     async def _sglang_batch(self, jobs: Sequence[Job], batch_id: int) -> list[Served]:
         """One engine batch, split over the live endpoints; each part's shared prompts are
         prefilled first on the endpoint that then serves it (see ``shared_prompts``)."""
-        parts = await asyncio.gather(*(self._sglang_post(chunk, batch_id, ep) for ep, chunk in self._split(jobs)))
+        parts = await every_part(self._sglang_post(chunk, batch_id, ep) for ep, chunk in self._split(jobs))
         return [served for part in parts for served in part]
 
     async def _sglang_post(self, jobs: list[Job], batch_id: int, ep: Endpoint) -> list[Served]:
@@ -499,6 +500,17 @@ class HTTPBackend(Backend):
 
     def close(self) -> None:
         self._loop_state = None
+
+
+async def every_part(parts: Iterable[Awaitable[T]]) -> list[T]:
+    """The results of a batch's parts (one per endpoint), or the first part's error, raised
+    once every part has ended: a batch fails whole, and no part of it goes on retrying in the
+    background for a batch that has already failed."""
+    done = await asyncio.gather(*parts, return_exceptions=True)
+    for d in done:
+        if isinstance(d, BaseException):
+            raise d
+    return done  # type: ignore[return-value]
 
 
 def route_params(r: GenRequest, one_token_stops: list[int]) -> dict[str, Any]:
