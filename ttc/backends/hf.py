@@ -1,35 +1,41 @@
 """Hugging Face transformers backend: for machines with neither engine, and GPU
-checks where only PyTorch is installed. No prefix cache: cached tokens are 0."""
+checks where only PyTorch is installed.
+
+Requests are batched as an engine batches them: the prompts of a batch are prefilled
+together (left-padded), each prompt once for all its ``n`` samples, which then decode
+side by side and leave the batch as each ends. Every sample draws from a random stream
+of its own (the request's seed + the sample's index), so a seeded request samples the
+same tokens whatever else shares its batch. No prefix cache across requests: cached
+tokens are 0.
+"""
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
+
+from pydantic import PositiveInt
 
 from ttc.backends.base import Backend, BackendError, apportion
 from ttc.backends.batching import MicroBatcher
 from ttc.types import Completion, GenRequest, GenResult, ScoreRequest, ScoreResult
 
+_LOGITS_BUDGET = 1 << 28  # float32 logits per scoring forward pass (1 GiB)
 
-class _StopStrings:
-    """Ends a one-sequence ``generate`` at the token that completes a stop string of the
-    *completion* (the prompt never counts, as in the engines), kept in the output as they
-    keep it. transformers' own ``stop_strings`` would also match a stop string that begins
-    in the prompt. Each step decodes only the tail that can hold a new match: the first
-    match ends generation, so none can lie further back."""
 
-    def __init__(self, decode: Any, start: int, stop: list[str]) -> None:
-        self.decode, self.start, self.stop = decode, start, stop
-        # A token decodes to a character or more (special ones, skipped, to none: margin).
-        self.window = max(len(s) for s in stop) + 2
+@dataclass
+class _Sample:
+    """One sequence being decoded: sample ``index`` of request ``job``."""
 
-    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-        import torch
-
-        tail = input_ids[0, max(self.start, input_ids.shape[1] - self.window) :].tolist()
-        hit = any(s in self.decode(tail) for s in self.stop)
-        return torch.tensor([hit], dtype=torch.bool, device=input_ids.device)
+    job: int
+    req: GenRequest
+    generator: Any  # torch.Generator, None for greedy
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    finish: str | None = None
 
 
 class HFBackend(Backend):
@@ -43,7 +49,9 @@ class HFBackend(Backend):
         device: str = "auto",
         dtype: str | None = None,
         max_model_len: int | None = None,
+        max_num_seqs: PositiveInt = 64,
     ) -> None:
+        """``max_num_seqs``: sequences in one forward pass (samples decoding, or prompts scored)."""
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -60,66 +68,182 @@ class HFBackend(Backend):
         bytes_ = torch.finfo(self.model.dtype).bits / 8
         self.kv = kv_geometry(cfg, "auto").model_copy(update={"dtype_bytes": bytes_})
         self.seed = seed
+        self.max_num_seqs = max_num_seqs
+        eos = self.model.generation_config.eos_token_id
+        eos = eos if isinstance(eos, list) else [eos]
+        self.eos_ids = {t for t in [*eos, self.tokenizer.eos_token_id] if t is not None}
+        self.pad_id = next(t for t in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id, 0) if t is not None)
+        self._unseeded = random.Random(seed)  # streams for requests without a seed of their own
         self._batcher: MicroBatcher[tuple[str, list[int], Any], Any] = MicroBatcher(self._run)
 
     # -- worker thread -----------------------------------------------------------------
     def _run(self, jobs: Sequence[tuple[str, list[int], Any]], batch_id: int) -> list[tuple[Any, int, float]]:
+        import torch
+
         start = time.perf_counter()
-        outs = [self._generate(ids, req) if kind == "gen" else self._score(ids, req) for kind, ids, req in jobs]
+        outs: list[Any] = [None] * len(jobs)
+        gens = [i for i, (kind, _, _) in enumerate(jobs) if kind == "gen"]
+        scores = [i for i, (kind, _, _) in enumerate(jobs) if kind == "score"]
+        with torch.no_grad():
+            for i, out in zip(gens, self._generate([(jobs[i][1], jobs[i][2]) for i in gens]), strict=True):
+                outs[i] = out
+            for i, out in zip(scores, self._score([(jobs[i][1], jobs[i][2]) for i in scores]), strict=True):
+                outs[i] = out
         busy = time.perf_counter() - start
         computed = [n for _, n in outs]
         return [(o, batch_id, s) for (o, _), s in zip(outs, apportion(busy, computed), strict=True)]
 
-    def _generate(self, ids: list[int], r: GenRequest) -> tuple[list[Completion], int]:
-        import torch
-        from transformers import StoppingCriteriaList
-
-        completions, computed = [], len(ids)
-        stops = [_StopStrings(self.decode, len(ids), r.stop)] if r.stop else []
-        for i in range(r.n):
-            # One sample at a time so that each has its own reproducible seed.
-            if r.seed is not None:
-                torch.manual_seed(r.seed + i)
-            with torch.no_grad():
-                out = self.model.generate(
-                    torch.tensor([ids], device=self.device),
-                    attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=self.device),
-                    do_sample=r.temperature > 0,
-                    temperature=r.temperature if r.temperature > 0 else None,
-                    top_p=r.top_p,
-                    top_k=0,
-                    max_new_tokens=r.max_tokens,
-                    output_logits=True,
-                    return_dict_in_generate=True,
-                    pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
-                    stopping_criteria=StoppingCriteriaList(stops),
-                )
-            new = out.sequences[0, len(ids):].tolist()
-            logps = [
-                torch.log_softmax(step[0].float(), -1)[t].item() for step, t in zip(out.logits, new, strict=False)
-            ]
-            text = self.decode(new)
-            ended = bool(new) and new[-1] == self.tokenizer.eos_token_id
-            finish = "stop" if ended or any(s in text for s in r.stop) else "length"
-            computed += len(new)
-            completions.append(
+    def _generate(self, jobs: list[tuple[list[int], GenRequest]]) -> list[tuple[list[Completion], int]]:
+        samples = [
+            _Sample(job, req, self._generator(req, i))
+            for job, (_, req) in sorted(enumerate(jobs), key=lambda j: len(j[1][0]))  # alike lengths pad least
+            for i in range(req.n)
+        ]
+        for lo in range(0, len(samples), self.max_num_seqs):
+            self._decode(jobs, samples[lo : lo + self.max_num_seqs])
+        results: list[tuple[list[Completion], int]] = []
+        for job, (ids, req) in enumerate(jobs):
+            mine = [s for s in samples if s.job == job]
+            completions = [
                 Completion(
-                    token_ids=new,
-                    text=text,
-                    cumulative_logprob=sum(logps) if r.logprobs else None,  # as the engines: when asked
-                    logprobs=logps if r.logprobs else None,
-                    finish_reason=finish,
+                    token_ids=s.tokens,
+                    text=self.decode(s.tokens),
+                    cumulative_logprob=sum(s.logprobs) if req.logprobs else None,  # as the engines: when asked
+                    logprobs=s.logprobs if req.logprobs else None,
+                    finish_reason=s.finish or "length",
                 )
-            )
-        return completions, computed
+                for s in mine
+            ]
+            results.append((completions, len(ids) + sum(len(s.tokens) for s in mine)))
+        return results
 
-    def _score(self, ids: list[int], start: int) -> tuple[list[float], int]:
+    def _generator(self, req: GenRequest, index: int) -> Any:
         import torch
 
-        with torch.no_grad():
-            logits = self.model(torch.tensor([ids], device=self.device)).logits[0].float()
-        logp = torch.log_softmax(logits[:-1], -1)
-        return [logp[i - 1, ids[i]].item() for i in range(start, len(ids))], len(ids)
+        if req.temperature == 0:
+            return None
+        g = torch.Generator(device=self.device)
+        g.manual_seed((req.seed if req.seed is not None else self._unseeded.getrandbits(62)) + index)
+        return g
+
+    def _left_padded(self, seqs: list[list[int]]) -> tuple[Any, Any, Any]:
+        """Token ids, attention mask and positions of ``seqs`` padded on the left, so that
+        every sequence ends at the last position."""
+        import torch
+
+        width = max(map(len, seqs))
+        ids = torch.tensor([[self.pad_id] * (width - len(s)) + s for s in seqs], device=self.device)
+        mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=self.device)
+        return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
+    def _decode(self, jobs: list[tuple[list[int], GenRequest]], samples: list[_Sample]) -> None:
+        """Prefill each prompt of ``samples`` once, then decode them all until each ends."""
+        import torch
+        from transformers import DynamicCache
+
+        prompts = list(dict.fromkeys(s.job for s in samples))
+        ids, mask, positions = self._left_padded([jobs[j][0] for j in prompts])
+        cache = DynamicCache(config=self.model.config)
+        logits = self.model(
+            input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
+            logits_to_keep=1,
+        ).logits[:, -1]
+        rows = torch.tensor([prompts.index(s.job) for s in samples], device=self.device)  # n rows per prompt
+        cache.batch_select_indices(rows)
+        logits, mask, last = logits[rows], mask[rows], positions[rows, -1]
+        live = list(samples)
+        while True:
+            chosen = self._choose(logits, live)
+            logp = torch.log_softmax(logits.float(), -1).gather(1, chosen[:, None])[:, 0].tolist()
+            for s, tok, lp in zip(live, chosen.tolist(), logp, strict=True):
+                s.tokens.append(tok)
+                s.logprobs.append(lp)  # the model's own distribution, as the engines report it
+                s.finish = self._finish(s)
+            keep = [i for i, s in enumerate(live) if s.finish is None]
+            if not keep:
+                return
+            if len(keep) < len(live):
+                index = torch.tensor(keep, device=self.device)
+                cache.batch_select_indices(index)
+                chosen, mask, last = chosen[index], mask[index], last[index]
+                live = [live[i] for i in keep]
+            mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
+            last = last + 1
+            logits = self.model(
+                input_ids=chosen[:, None], attention_mask=mask, position_ids=last[:, None],
+                past_key_values=cache, use_cache=True, logits_to_keep=1,
+            ).logits[:, -1]
+
+    @staticmethod
+    def _choose(logits: Any, samples: list[_Sample]) -> Any:
+        """Each sample's next token: greedy at temperature 0, else a draw from its own
+        stream over the temperature-scaled distribution cut to its ``top_p`` nucleus."""
+        import torch
+
+        logits = logits.float()
+        chosen = logits.argmax(-1)
+        drawn = [i for i, s in enumerate(samples) if s.generator is not None]
+        if not drawn:
+            return chosen
+        temp = torch.tensor([samples[i].req.temperature for i in drawn], device=logits.device)[:, None]
+        top_p = torch.tensor([samples[i].req.top_p for i in drawn], device=logits.device)[:, None]
+        probs = torch.softmax(logits[drawn] / temp, -1)
+        sorted_p, order = probs.sort(-1, descending=True)
+        outside = sorted_p.cumsum(-1) - sorted_p >= top_p  # the most likely token always stays
+        probs = probs.scatter(1, order, sorted_p.masked_fill(outside, 0.0))
+        # Exponential race: argmax p / E with E ~ Exp(1) draws from p; one draw per sample and step.
+        noise = torch.stack(
+            [torch.empty(probs.shape[1], device=logits.device).exponential_(generator=samples[i].generator)
+             for i in drawn]
+        )
+        chosen[drawn] = (probs / noise).argmax(-1)
+        return chosen
+
+    def _finish(self, s: _Sample) -> str | None:
+        if s.tokens[-1] in self.eos_ids:
+            return "stop"
+        if s.req.stop:
+            # Only the completion's last few tokens can hold a new match (the first match
+            # ends the sample, so none lies further back); a token decodes to a character
+            # or more, a special one to none: a margin of two.
+            window = max(len(x) for x in s.req.stop) + 2
+            tail = self.decode(s.tokens[-window:])
+            if any(x in tail for x in s.req.stop):
+                return "stop"
+        return "length" if len(s.tokens) >= s.req.max_tokens else None
+
+    def _score(self, jobs: list[tuple[list[int], int]]) -> list[tuple[list[float], int]]:
+        """Log-probabilities of each job's tokens from ``start`` on. Left-padded, so that
+        every continuation ends at the last position and only the last positions' logits
+        (a batch's longest continuation) are computed."""
+        import torch
+
+        out: list[tuple[list[float], int]] = [([], 0)] * len(jobs)
+        for part in self._score_batches([len(seq) - start for seq, start in jobs]):
+            ids, mask, positions = self._left_padded([jobs[i][0] for i in part])
+            keep = 1 + max(len(jobs[i][0]) - jobs[i][1] for i in part)
+            logits = self.model(
+                input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep
+            ).logits.float()
+            # The logits at a position predict the next token: the last one predicts none.
+            logp = torch.log_softmax(logits[:, :-1], -1).gather(2, ids[:, 1 - keep :, None])[..., 0]
+            for row, i in enumerate(part):
+                seq, start = jobs[i]
+                out[i] = (logp[row, keep - 1 - (len(seq) - start) :].tolist(), len(seq))
+        return out
+
+    def _score_batches(self, scored: list[int]) -> list[list[int]]:
+        """Jobs grouped into forward passes by the number of tokens each scores, at most
+        ``max_num_seqs`` a pass and the logits they need within ``_LOGITS_BUDGET``."""
+        vocab = self.model.config.get_text_config().vocab_size
+        batches: list[list[int]] = []
+        for j in sorted(range(len(scored)), key=scored.__getitem__):
+            last = batches[-1] if batches else []
+            if last and len(last) < self.max_num_seqs and (len(last) + 1) * (scored[j] + 1) * vocab <= _LOGITS_BUDGET:
+                last.append(j)
+            else:
+                batches.append([j])
+        return batches
 
     # -- protocol -----------------------------------------------------------------------
     async def generate(self, requests: list[GenRequest]) -> list[GenResult]:
@@ -140,6 +264,8 @@ class HFBackend(Backend):
             prompt, cont = self.encode(r.prompt), self.encode_continuation(r.continuation)
             if not cont:
                 raise BackendError("score needs a non-empty continuation")
+            if not prompt:
+                raise BackendError("score needs a prompt of at least one token")
             self.check_length(prompt + cont)
             jobs.append(("score", prompt + cont, len(prompt)))
         outs = await self._batcher.submit(jobs)
