@@ -3,6 +3,7 @@
     python experiments/tree_search/concurrency_knobs.py default|bind|cohorts|async [REPEATS]
     python experiments/tree_search/concurrency_knobs.py ceiling
     python experiments/tree_search/concurrency_knobs.py cohort_count [REPEATS]
+    python experiments/tree_search/concurrency_knobs.py leaf_parallel [REPEATS]
 
 default: the engines as ttc starts them (vLLM's binding puts both engines' workers on
 core 0, leaving core 1 to the front end); bind: each engine on a core of its own
@@ -14,6 +15,12 @@ turns off ("not required on CPU") and this mode turns back on.
 
 cohort_count: the concurrent run alone in 2, 3 and 4 cohorts (cores as in ``cohorts``),
 alternating, REPEATS rounds: whether more, smaller waves overlap the engines better.
+
+leaf_parallel: the pair of runs (cores and cohorts as in ``cohorts``) for MCTS with 1, 2
+and 4 leaves per wave (``parallel``; 1 is textbook MCTS, each simulation selecting with
+every earlier one's value backed up), alternating, REPEATS rounds, with each run's
+accuracy: how much of what concurrency buys depends on the batching each query already
+does on its own.
 
 ceiling: what batching alone buys each engine on this machine, the bound on any of the
 above: tokens per second of 512 sequences against 16 (one query's MCTS wave), for the
@@ -116,6 +123,36 @@ def ceiling(policy: Any, prm: Any) -> dict[str, Any]:
     return out
 
 
+def leaf_parallel(wall: Any, repeats: int) -> dict[str, Any]:
+    """Pairs of runs (64 at once, then one at a time) for 1, 2 and 4 leaves per wave; the
+    answers are graded after each run, outside its wall time."""
+    from verifiers.math import equivalent
+
+    runs: dict[int, list[dict[str, Any]]] = {1: [], 2: [], 4: []}
+    for _ in range(repeats):
+        for parallel, pairs in runs.items():
+            pair = {}
+            for label, concurrency in (("concurrent", 64), ("one_at_a_time", 1)):
+                seconds, records = wall(concurrency, parallel=parallel)
+                pair[label] = {
+                    "wall_s": round(seconds, 2),
+                    "accuracy": sum(equivalent(r["gold"], r["answer"]) for r in records if r["answer"]) / len(records),
+                    "generated_tokens": round(statistics.mean(r["generated_tokens"] for r in records), 1),
+                }
+            pair["speedup"] = round(pair["one_at_a_time"]["wall_s"] / pair["concurrent"]["wall_s"], 2)
+            pairs.append(pair)
+            print(json.dumps({"parallel": parallel, **pair}), flush=True)
+    return {
+        str(parallel): {
+            "concurrent_s": statistics.median(p["concurrent"]["wall_s"] for p in pairs),
+            "one_at_a_time_s": statistics.median(p["one_at_a_time"]["wall_s"] for p in pairs),
+            "speedup": statistics.median(p["speedup"] for p in pairs),
+            "pairs": pairs,
+        }
+        for parallel, pairs in runs.items()
+    }
+
+
 def keep_async_scheduling() -> None:
     """Leave vLLM's async scheduler on for the engines this process starts: their config is
     built here, and the CPU platform's config hook is what turns it off."""
@@ -133,8 +170,9 @@ def keep_async_scheduling() -> None:
 def main() -> None:
     mode = sys.argv[1] if len(sys.argv) > 1 else "default"
     repeats = int(sys.argv[2]) if len(sys.argv) > 2 else 1
-    if mode not in ("default", "bind", "cohorts", "async", "ceiling", "cohort_count"):
-        raise SystemExit(f"mode must be default, bind, cohorts, async, ceiling or cohort_count (got {mode!r})")
+    modes = ("default", "bind", "cohorts", "async", "ceiling", "cohort_count", "leaf_parallel")
+    if mode not in modes:
+        raise SystemExit(f"mode must be one of {', '.join(modes)} (got {mode!r})")
     if mode == "async":
         keep_async_scheduling()
     from strategies.mcts import MCTS
@@ -170,10 +208,10 @@ def main() -> None:
 
         b._batcher._run_batch, engine.step = recording, counting
     problems = arith_problems(limit=64, steps=6, seed=2024)
-    cohorts = 2 if mode in ("cohorts", "async", "cohort_count") else 1
-    mcts = MCTS(simulations=16, branching=4, parallel=4, verifier=prm)
+    cohorts = 2 if mode in ("cohorts", "async", "cohort_count", "leaf_parallel") else 1
 
-    def wall(concurrency: int, split: int = cohorts) -> tuple[float, list[dict[str, Any]]]:
+    def wall(concurrency: int, split: int = cohorts, parallel: int = 4) -> tuple[float, list[dict[str, Any]]]:
+        mcts = MCTS(simulations=16, branching=4, parallel=parallel, verifier=prm)
         t = time.perf_counter()
         records = asyncio.run(
             run_queries(
@@ -183,6 +221,9 @@ def main() -> None:
         return time.perf_counter() - t, records
 
     wall(64)  # warm-up
+    if mode == "leaf_parallel":
+        print(json.dumps({"mode": mode, **leaf_parallel(wall, repeats)}), flush=True)
+        return
     if mode == "cohort_count":
         walls: dict[int, list[float]] = {2: [], 3: [], 4: []}
         for _ in range(repeats):

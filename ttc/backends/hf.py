@@ -28,7 +28,7 @@ _LOGITS_BUDGET = 1 << 28  # float32 logits per scoring forward pass (1 GiB)
 
 @dataclass
 class _Sample:
-    """One sequence being decoded: sample ``index`` of request ``job``."""
+    """One sample of request ``job``, as it decodes."""
 
     job: int
     req: GenRequest
@@ -101,9 +101,11 @@ class HFBackend(Backend):
         ]
         for lo in range(0, len(samples), self.max_num_seqs):
             self._decode(jobs, samples[lo : lo + self.max_num_seqs])
+        by_job: list[list[_Sample]] = [[] for _ in jobs]
+        for s in samples:
+            by_job[s.job].append(s)
         results: list[tuple[list[Completion], int]] = []
-        for job, (ids, req) in enumerate(jobs):
-            mine = [s for s in samples if s.job == job]
+        for (ids, req), mine in zip(jobs, by_job, strict=True):
             completions = [
                 Completion(
                     token_ids=s.tokens,
