@@ -4,7 +4,9 @@
 
 On a CUDA machine: greedy outputs of the reference policy match the CPU's token
 for token (fp32, TF32 off), CoT and Best-of-8 run through the runner with
-their ledgers, and the reference PRM scores a correct step above a corrupted one.
+their ledgers, Best-of-8 again with one sequence per forward pass (``max_num_seqs=1``:
+what batching buys on the device, and how many completions come out the same when a
+sample's batch differs), and the reference PRM scores a correct step above a corrupted one.
 """
 
 from __future__ import annotations
@@ -51,14 +53,27 @@ def main() -> None:
     ]
 
     problems = arith_problems(limit=32, steps=4, seed=77)
-    for name, strat in (("cot", CoT()), ("best_of_8", BestOfN(n=8))):
+    one_per_pass = HFBackend(str(POLICY_PATH), device=args.device, dtype="float32", max_num_seqs=1)
+    completions = {}
+    for name, strat, backend in (
+        ("cot", CoT(), gpu),
+        ("best_of_8", BestOfN(n=8), gpu),
+        ("best_of_8_one_per_pass", BestOfN(n=8), one_per_pass),
+    ):
         t = time.perf_counter()
-        recs = asyncio.run(run_queries(problems, strat, gpu, exact, concurrency=32, progress=False))
+        recs = asyncio.run(run_queries(problems, strat, backend, exact, concurrency=32, seed=3, progress=False))
+        completions[name] = [r["completion"] for r in recs]
         s = summarize(recs)
         s["wall_s"] = time.perf_counter() - t
         s["generated_tokens_per_s"] = s["generated_tokens"] * len(recs) / s["wall_s"]
         out[name] = {k: s[k] for k in ("accuracy", "errors", "generated_tokens", "gpu_seconds", "kv_peak_bytes",
                                        "kv_peak_bytes_unshared", "wall_s", "generated_tokens_per_s")}
+
+    same = [x == y for x, y in zip(completions["best_of_8"], completions["best_of_8_one_per_pass"], strict=True)]
+    out["best_of_8_same_completion_one_per_pass"] = sum(same) / len(same)
+    out["batching_gain"] = out["best_of_8"]["generated_tokens_per_s"] / out["best_of_8_one_per_pass"][
+        "generated_tokens_per_s"
+    ]
 
     prm = PRMVerifier(HFBackend(str(PRM_PATH), device=args.device, dtype="float32"))
     good = asyncio.run(prm.score_steps(None, "Q:37+45*2-18=?\n", ["37+45=82\n", "82*2=164\n"]))
