@@ -149,14 +149,14 @@ class HFBackend(Backend):
         logits = self.model(
             input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
             logits_to_keep=1,
-        ).logits[:, -1]
+        ).logits[:, -1].float()
         rows = torch.tensor([prompts.index(s.job) for s in samples], device=self.device)  # n rows per prompt
         cache.batch_select_indices(rows)
         logits, mask, last = logits[rows], mask[rows], positions[rows, -1]
         live = list(samples)
         while True:
             chosen = self._choose(logits, live)
-            logp = torch.log_softmax(logits.float(), -1).gather(1, chosen[:, None])[:, 0].tolist()
+            logp = torch.log_softmax(logits, -1).gather(1, chosen[:, None])[:, 0].tolist()
             for s, tok, lp in zip(live, chosen.tolist(), logp, strict=True):
                 s.tokens.append(tok)
                 s.logprobs.append(lp)  # the model's own distribution, as the engines report it
@@ -174,15 +174,15 @@ class HFBackend(Backend):
             logits = self.model(
                 input_ids=chosen[:, None], attention_mask=mask, position_ids=last[:, None],
                 past_key_values=cache, use_cache=True, logits_to_keep=1,
-            ).logits[:, -1]
+            ).logits[:, -1].float()
 
     @staticmethod
     def _choose(logits: Any, samples: list[_Sample]) -> Any:
         """Each sample's next token: greedy at temperature 0, else a draw from its own
-        stream over the temperature-scaled distribution cut to its ``top_p`` nucleus."""
+        stream over the temperature-scaled distribution cut to its ``top_p`` nucleus
+        (``logits``: float32, one row per sample)."""
         import torch
 
-        logits = logits.float()
         chosen = logits.argmax(-1)
         drawn = [i for i, s in enumerate(samples) if s.generator is not None]
         if not drawn:
