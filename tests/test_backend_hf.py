@@ -1,5 +1,6 @@
 """The transformers backend batches like an engine: prompts prefilled together, each once
-for its samples, every sample on a random stream of its own."""
+for its samples, every sample on a random stream of its own, and the blocks of every
+sequence kept in a prefix cache across requests."""
 
 from __future__ import annotations
 
@@ -9,9 +10,15 @@ from collections import Counter
 
 import pytest
 
-from ttc.reference import POLICY_PATH
+from strategies.beam_search import BeamSearch
+from strategies.mcts import MCTS
+from ttc.datasets import arith_problems
+from ttc.reference import POLICY_PATH, PRM_PATH
+from ttc.runner import run_queries, summarize
 from ttc.tasks import arith
 from ttc.types import GenRequest, ScoreRequest
+from verifiers.math import equivalent
+from verifiers.prm import PRMVerifier
 
 PROMPTS = [p.prompt() for p in arith.generate(6, 3, seed=5)] + ["Q:7+8=?\n", "Q:123+456*2-99=?\n"]
 
@@ -110,3 +117,111 @@ def test_log_probabilities_and_scores_match_one_request_at_a_time(hf) -> None:
         assert len(got.token_logprobs) == len(hf.encode_continuation(r.continuation))
         assert got.token_logprobs == pytest.approx(one.token_logprobs, abs=1e-4)
         assert all(math.isfinite(x) and x <= 0 for x in got.token_logprobs)
+
+
+def backend(**kwargs):
+    from ttc.backends.hf import HFBackend
+
+    return HFBackend(str(POLICY_PATH), seed=3, device="cpu", dtype="float32", **kwargs)
+
+
+def test_a_branch_reads_its_parents_blocks_and_comes_out_as_without_them() -> None:
+    cached, uncached = backend(block_size=16), backend(prefix_cache_gib=0)
+    assert uncached.block_size == 1  # no cache: the ledger's ideal is token-level
+    greedy = GenRequest(prompt=PROMPTS[0], temperature=0.0, max_tokens=60)  # a whole solution
+    (parent,) = asyncio.run(cached.generate([greedy]))
+    assert parent.cached_tokens == 0
+    # A child is its parent's tokens plus its own, as tree search sends it: the parent's
+    # generated tokens were cached too, all but the last (never fed to the model).
+    branch = parent.prompt_token_ids + parent.completions[0].token_ids
+    assert len(branch) > 40
+    child = GenRequest(prompt=branch, n=3, seed=7, max_tokens=30, logprobs=True)
+    (got,), (want,) = asyncio.run(cached.generate([child])), asyncio.run(uncached.generate([child]))
+    assert got.cached_tokens == (len(branch) - 1) // 16 * 16 and want.cached_tokens == 0
+    assert tokens([got]) == tokens([want])
+    for a, b in zip(got.completions, want.completions, strict=True):
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+    # Scoring reads the blocks of the child's samples too, never the position whose logits
+    # predict the continuation.
+    judged = [ScoreRequest(prompt=branch + c.token_ids, continuation="A:") for c in got.completions]
+    judged.append(ScoreRequest(prompt=branch[:32], continuation=branch[32:40]))  # a prompt of whole blocks
+    scored, plain = asyncio.run(cached.score(judged)), asyncio.run(uncached.score(judged))
+    assert [s.cached_tokens for s in scored[:3]] == [(len(r.prompt) - 1) // 16 * 16 for r in judged[:3]]
+    assert scored[3].cached_tokens == 16  # the 32nd token's logits predict the continuation
+    for a, b in zip(scored, plain, strict=True):
+        assert a.token_logprobs == pytest.approx(b.token_logprobs, abs=1e-4)
+    # What is scored is stored: a second judgement after a new prompt reads its blocks.
+    fresh = [ScoreRequest(prompt=PROMPTS[3] * 3, continuation=x) for x in ("A:1", "A:2")]
+    first, second = (asyncio.run(cached.score([r]))[0] for r in fresh)
+    assert first.cached_tokens == 0 and second.cached_tokens == (len(cached.encode(fresh[1].prompt)) - 1) // 16 * 16
+
+
+@pytest.mark.parametrize(
+    "make", [lambda prm: BeamSearch(n=8, width=4, verifier=prm), lambda prm: MCTS(simulations=8, verifier=prm)],
+    ids=["beam_search", "mcts"],
+)
+def test_tree_search_hits_the_prefix_cache_and_answers_as_without_it(make) -> None:
+    from ttc.backends.hf import HFBackend
+
+    problems = arith_problems(limit=6, steps=4, seed=31)
+
+    async def grade(problem, answer) -> bool:
+        return equivalent(problem.answer, answer.answer)
+
+    def solve(gib: float) -> list[dict]:
+        prm = HFBackend(str(PRM_PATH), device="cpu", dtype="float32", prefix_cache_gib=gib)
+        policy = backend(prefix_cache_gib=gib)
+        return asyncio.run(run_queries(problems, make(PRMVerifier(prm)), policy, grade, seed=1, progress=False))
+
+    with_cache, without = solve(1.0), solve(0.0)
+    s = summarize(with_cache)
+    assert s["errors"] == 0 and s["ideal_cached_tokens"] > 0
+    assert s["cached_tokens"] >= 0.95 * s["ideal_cached_tokens"], s
+    assert summarize(without)["cached_tokens"] == 0
+    assert [r["completion"] for r in with_cache] == [r["completion"] for r in without]
+
+
+def test_the_cache_keeps_the_recently_used_blocks_within_its_capacity() -> None:
+    import torch
+
+    from ttc.backends.prefix_cache import PrefixCache
+
+    cache = PrefixCache(block_size=2, capacity=6)
+
+    def kv(ids: list[int]) -> list:
+        return [torch.tensor([[[float(t)] for t in ids]])]  # one layer, one head, head dim 1
+
+    def hit(ids: list[int]) -> list[int]:
+        blocks = cache.lookup(ids, len(ids))
+        return [int(x) for b in blocks for x in b.keys[0].flatten()]
+
+    a, b, c = [1, 2, 3, 4], [5, 6, 7, 8], [9, 9, 9, 9]
+    cache.store([*a, 5, 6], 0, kv(a), kv(a))  # KV for four tokens (a sample's last is never fed)
+    assert hit([*a, 5, 6]) == a
+    cache.store(b, 0, kv(b), kv(b))
+    assert len(cache) == 6  # over capacity: the least recent tip, a's second block, left
+    assert hit(a) == [1, 2] and hit(b) == b
+    assert hit([5, 6, 7]) == [5, 6] and len(cache.lookup(b, 3)) == 1  # whole blocks, within the limit
+    cache.store(b + c, 4, kv(c), kv(c))  # c's blocks hang from b's; a's root and then c's tip leave
+    assert hit(b + c) == [*b, 9, 9] and hit(a) == [] and len(cache) == 6
+    cache.store([7, 7, 1, 2], 2, kv([1, 2]), kv([1, 2]))  # its first block is not cached: nothing to hang from
+    assert hit([7, 7, 1, 2]) == []
+
+
+def test_a_model_with_sliding_window_layers_runs_without_the_cache(tmp_path) -> None:
+    import shutil
+
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from ttc.backends.hf import HFBackend
+
+    for f in POLICY_PATH.glob("tokenizer*"):
+        shutil.copy(f, tmp_path)
+    config = MistralConfig(vocab_size=102, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=2, num_key_value_heads=1, sliding_window=8)
+    MistralForCausalLM(config).save_pretrained(tmp_path)
+    hf = HFBackend(str(tmp_path), device="cpu")
+    assert hf.prefix.capacity == 0 and hf.block_size == 1
+    req = GenRequest(prompt=PROMPTS[0] * 2, temperature=0.0, max_tokens=5)
+    first, second = asyncio.run(hf.generate([req])), asyncio.run(hf.generate([req]))
+    assert second[0].cached_tokens == 0 and tokens(first) == tokens(second)

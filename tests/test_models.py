@@ -28,8 +28,11 @@ def test_dtype_bytes() -> None:
     assert dtype_bytes("float32") == 4
     assert dtype_bytes("auto", auto="float32") == 4
     assert dtype_bytes("int4") == 0.5
-    with pytest.raises(ValueError, match="allowed: auto, float32"):
+    assert dtype_bytes("auto", auto="float64") == 8  # a model loaded in double precision (transformers backend)
+    with pytest.raises(ValueError, match="allowed: auto, float64"):
         dtype_bytes("fp12")
+    with pytest.raises(ValueError, match="'auto' \\(the model's 'complex64'\\)"):
+        dtype_bytes("auto", auto="complex64")
 
 
 def test_r1_distill_70b_kv_matches_article() -> None:

@@ -35,6 +35,7 @@ def run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
         (["cohorts=0"], "cohorts"),
         (["backend=sglang", "backend.cpu_cores=0|1"], "backend.cpu_cores"),  # one set: it binds processes
         (["backend=hf", "backend.max_num_seqs=0"], "backend.max_num_seqs"),
+        (["backend=hf", "backend.prefix_cache_gib=-1"], "backend.prefix_cache_gib"),
         (["strategy=mcts", "strategy.simulations=0"], "strategy.simulations"),
         (["strategy=cot", "strategy.top_p=1.5"], "strategy.top_p"),
         # a rule between two arguments, found before any engine starts

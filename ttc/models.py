@@ -26,6 +26,7 @@ class ModelError(ValueError):
 
 # Bytes per element; 4-bit formats ignore their per-group scales (a few percent).
 _DTYPE_BYTES: dict[str, float] = {
+    "float64": 8, "fp64": 8, "double": 8,
     "float32": 4, "fp32": 4, "float": 4,
     "float16": 2, "fp16": 2, "half": 2,
     "bfloat16": 2, "bf16": 2,
@@ -40,7 +41,8 @@ def dtype_bytes(name: str, auto: str = "bfloat16") -> float:
     if key == "auto":
         key = str(auto).lower().removeprefix("torch.")
     if key not in _DTYPE_BYTES:
-        raise ValueError(f"unknown dtype {name!r}; allowed: auto, {', '.join(_DTYPE_BYTES)}")
+        what = f"{name!r}" if key == str(name).lower().removeprefix("torch.") else f"{name!r} (the model's {key!r})"
+        raise ValueError(f"unknown dtype {what}; allowed: auto, {', '.join(_DTYPE_BYTES)}")
     return float(_DTYPE_BYTES[key])
 
 

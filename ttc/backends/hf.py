@@ -5,8 +5,10 @@ Requests are batched as an engine batches them: the prompts of a batch are prefi
 together (left-padded), each prompt once for all its ``n`` samples, which then decode
 side by side and leave the batch as each ends. Every sample draws from a random stream
 of its own (the request's seed + the sample's index), so a seeded request samples the
-same tokens whatever else shares its batch. No prefix cache across requests: cached
-tokens are 0.
+same tokens whatever else shares its batch. Full blocks of every prompt, generated
+sample and scored sequence stay in a prefix cache across requests
+(``ttc.backends.prefix_cache``), so a branch sent as its parent's tokens plus its own
+recomputes only its own, as on the engines.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import PositiveInt
+from pydantic import NonNegativeFloat, PositiveInt
 
 from ttc.backends.base import Backend, BackendError, apportion
 from ttc.backends.batching import MicroBatcher
+from ttc.backends.prefix_cache import PrefixCache
 from ttc.types import Completion, GenRequest, GenResult, ScoreRequest, ScoreResult
 
 _LOGITS_BUDGET = 1 << 28  # float32 logits per scoring forward pass (1 GiB)
@@ -36,6 +39,8 @@ class _Sample:
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     finish: str | None = None
+    cached: int = 0  # prompt tokens read from the prefix cache
+    start: int = 0  # where, along the batch's cache, this sample's uncached tokens begin
 
 
 class HFBackend(Backend):
@@ -50,10 +55,15 @@ class HFBackend(Backend):
         dtype: str | None = None,
         max_model_len: int | None = None,
         max_num_seqs: PositiveInt = 64,
+        block_size: PositiveInt = 16,
+        prefix_cache_gib: NonNegativeFloat = 1.0,
     ) -> None:
-        """``max_num_seqs``: sequences in one forward pass (samples decoding, or prompts scored)."""
+        """``max_num_seqs``: sequences in one forward pass (samples decoding, or prompts scored).
+        ``prefix_cache_gib``: memory for KV kept across requests, in blocks of ``block_size``
+        tokens (0: none)."""
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+        from transformers.cache_utils import DynamicLayer
 
         from ttc.models import kv_geometry
 
@@ -69,6 +79,12 @@ class HFBackend(Backend):
         self.kv = kv_geometry(cfg, "auto").model_copy(update={"dtype_bytes": bytes_})
         self.seed = seed
         self.max_num_seqs = max_num_seqs
+        # Blocks are spliced into a batch's cache: only for layers that keep every token
+        # (not sliding windows, not recurrent state).
+        plain = all(type(layer) is DynamicLayer for layer in DynamicCache(config=cfg).layers)
+        capacity = int(prefix_cache_gib * 2**30 / self.kv.bytes_per_token) if plain else 0
+        self.prefix = PrefixCache(block_size, capacity)
+        self.block_size = block_size if capacity else 1
         eos = self.model.generation_config.eos_token_id
         eos = eos if isinstance(eos, list) else [eos]
         self.eos_ids = {t for t in [*eos, self.tokenizer.eos_token_id] if t is not None}
@@ -77,7 +93,10 @@ class HFBackend(Backend):
         self._batcher: MicroBatcher[tuple[str, list[int], Any], Any] = MicroBatcher(self._run)
 
     # -- worker thread -----------------------------------------------------------------
-    def _run(self, jobs: Sequence[tuple[str, list[int], Any]], batch_id: int) -> list[tuple[Any, int, float]]:
+    def _run(
+        self, jobs: Sequence[tuple[str, list[int], Any]], batch_id: int
+    ) -> list[tuple[Any, int, int, float]]:
+        """Each job's output, prefix-cached tokens, batch and share of the batch's time."""
         import torch
 
         start = time.perf_counter()
@@ -90,10 +109,11 @@ class HFBackend(Backend):
             for i, out in zip(scores, self._score([(jobs[i][1], jobs[i][2]) for i in scores]), strict=True):
                 outs[i] = out
         busy = time.perf_counter() - start
-        computed = [n for _, n in outs]
-        return [(o, batch_id, s) for (o, _), s in zip(outs, apportion(busy, computed), strict=True)]
+        computed = [n for _, n, _ in outs]
+        return [(o, c, batch_id, s) for (o, _, c), s in zip(outs, apportion(busy, computed), strict=True)]
 
-    def _generate(self, jobs: list[tuple[list[int], GenRequest]]) -> list[tuple[list[Completion], int]]:
+    def _generate(self, jobs: list[tuple[list[int], GenRequest]]) -> list[tuple[list[Completion], int, int]]:
+        """Each job's completions, tokens computed and prompt tokens read from the prefix cache."""
         samples = [
             _Sample(job, req, self._generator(req, i))
             for job, (_, req) in sorted(enumerate(jobs), key=lambda j: len(j[1][0]))  # alike lengths pad least
@@ -104,7 +124,7 @@ class HFBackend(Backend):
         by_job: list[list[_Sample]] = [[] for _ in jobs]
         for s in samples:
             by_job[s.job].append(s)
-        results: list[tuple[list[Completion], int]] = []
+        results: list[tuple[list[Completion], int, int]] = []
         for (ids, req), mine in zip(jobs, by_job, strict=True):
             completions = [
                 Completion(
@@ -116,7 +136,8 @@ class HFBackend(Backend):
                 )
                 for s in mine
             ]
-            results.append((completions, len(ids) + sum(len(s.tokens) for s in mine)))
+            cached = mine[0].cached  # the prompt's first prefill (a request's samples may span passes)
+            results.append((completions, len(ids) - cached + sum(len(s.tokens) for s in mine), cached))
         return results
 
     def _generator(self, req: GenRequest, index: int) -> Any:
@@ -128,39 +149,81 @@ class HFBackend(Backend):
         g.manual_seed((req.seed if req.seed is not None else self._unseeded.getrandbits(62)) + index)
         return g
 
-    def _left_padded(self, seqs: list[list[int]]) -> tuple[Any, Any, Any]:
-        """Token ids, attention mask and positions of ``seqs`` padded on the left, so that
-        every sequence ends at the last position."""
+    def _prefill(self, seqs: list[list[int]], limits: list[int], keep: int) -> tuple[Any, Any, Any, list[int]]:
+        """One forward pass over ``seqs``, each reading its cached prefix (at most ``limits[i]``
+        tokens) and computing the rest. Along the batch's cache a row holds its cached KV,
+        left-padded, then its new tokens, left-padded after them, so that every sequence ends
+        at the last position. Returns the last ``keep`` positions' float32 logits, the cache,
+        its attention mask and each sequence's cached tokens."""
+        import torch
+        from transformers import DynamicCache
+
+        hits = [self.prefix.lookup(seq, limit) for seq, limit in zip(seqs, limits, strict=True)]
+        cached = [len(h) * self.prefix.block_size for h in hits]
+        new = [seq[c:] for seq, c in zip(seqs, cached, strict=True)]
+        old_w, new_w = max(cached), max(map(len, new))
+        cache = DynamicCache(config=self.model.config)
+        if old_w:
+            for layer in range(len(cache.layers)):
+                cache.update(*(self._gathered(hits, old_w, layer, kind) for kind in ("keys", "values")), layer)
+        ids = torch.tensor([[self.pad_id] * (new_w - len(n)) + n for n in new], device=self.device)
+        rows = list(zip(cached, map(len, new), strict=True))
+        mask = torch.tensor(
+            [[0] * (old_w - c) + [1] * c + [0] * (new_w - n) + [1] * n for c, n in rows], device=self.device
+        )
+        positions = torch.tensor([[0] * (new_w - n) + list(range(c, c + n)) for c, n in rows], device=self.device)
+        logits = self.model(
+            input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
+            logits_to_keep=keep,
+        ).logits.float()
+        return logits, cache, mask, cached
+
+    @staticmethod
+    def _gathered(hits: list[list[Any]], width: int, layer: int, kind: str) -> Any:
+        """One layer's cached keys or values of each row, left-padded to ``width``."""
         import torch
 
-        width = max(map(len, seqs))
-        ids = torch.tensor([[self.pad_id] * (width - len(s)) + s for s in seqs], device=self.device)
-        mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=self.device)
-        return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+        some = next(getattr(h[0], kind)[layer] for h in hits if h)
+        out = some.new_zeros(len(hits), some.shape[0], width, some.shape[2])
+        for row, h in enumerate(hits):
+            if h:
+                part = torch.cat([getattr(block, kind)[layer] for block in h], dim=1)
+                out[row, :, width - part.shape[1] :] = part
+        return out
+
+    def _store(self, ids: list[int], cached: int, cache: Any, row: int, start: int) -> None:
+        """Keep the full blocks of ``ids`` that row ``row`` of ``cache`` computed (from
+        ``start`` along it, token ``cached`` of ``ids``) for later requests."""
+        layers = cache.layers
+        self.prefix.store(
+            ids, cached, [x.keys[row, :, start:] for x in layers], [x.values[row, :, start:] for x in layers]
+        )
 
     def _decode(self, jobs: list[tuple[list[int], GenRequest]], samples: list[_Sample]) -> None:
         """Prefill each prompt of ``samples`` once, then decode them all until each ends."""
         import torch
-        from transformers import DynamicCache
 
         prompts = list(dict.fromkeys(s.job for s in samples))
-        ids, mask, positions = self._left_padded([jobs[j][0] for j in prompts])
-        cache = DynamicCache(config=self.model.config)
-        logits = self.model(
-            input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
-            logits_to_keep=1,
-        ).logits[:, -1].float()
+        seqs = [jobs[j][0] for j in prompts]
+        logits, cache, mask, cached = self._prefill(seqs, [len(seq) - 1 for seq in seqs], keep=1)
+        width = mask.shape[1]
+        for s in samples:
+            k = prompts.index(s.job)
+            s.cached, s.start = cached[k], width - (len(seqs[k]) - cached[k])
         rows = torch.tensor([prompts.index(s.job) for s in samples], device=self.device)  # n rows per prompt
         cache.batch_select_indices(rows)
-        logits, mask, last = logits[rows], mask[rows], positions[rows, -1]
+        logits, mask = logits[rows, -1], mask[rows]
+        last = torch.tensor([len(jobs[s.job][0]) - 1 for s in samples], device=self.device)
         live = list(samples)
         while True:
             chosen = self._choose(logits, live)
             logp = torch.log_softmax(logits, -1).gather(1, chosen[:, None])[:, 0].tolist()
-            for s, tok, lp in zip(live, chosen.tolist(), logp, strict=True):
+            for row, (s, tok, lp) in enumerate(zip(live, chosen.tolist(), logp, strict=True)):
                 s.tokens.append(tok)
                 s.logprobs.append(lp)  # the model's own distribution, as the engines report it
                 s.finish = self._finish(s)
+                if s.finish:
+                    self._store(jobs[s.job][0] + s.tokens, s.cached, cache, row, s.start)
             keep = [i for i, s in enumerate(live) if s.finish is None]
             if not keep:
                 return
@@ -214,24 +277,27 @@ class HFBackend(Backend):
                 return "stop"
         return "length" if len(s.tokens) >= s.req.max_tokens else None
 
-    def _score(self, jobs: list[tuple[list[int], int]]) -> list[tuple[list[float], int]]:
-        """Log-probabilities of each job's tokens from ``start`` on. Left-padded, so that
-        every continuation ends at the last position and only the last positions' logits
-        (a batch's longest continuation) are computed."""
+    def _score(self, jobs: list[tuple[list[int], int]]) -> list[tuple[list[float], int, int]]:
+        """Log-probabilities of each job's tokens from ``start`` on, with the tokens computed
+        and those read from the prefix cache. Only the last positions' logits (a pass's
+        longest continuation) are computed: every sequence ends at the last position."""
         import torch
 
-        out: list[tuple[list[float], int]] = [([], 0)] * len(jobs)
+        out: list[tuple[list[float], int, int]] = [([], 0, 0)] * len(jobs)
         for part in self._score_batches([len(seq) - start for seq, start in jobs]):
-            ids, mask, positions = self._left_padded([jobs[i][0] for i in part])
+            seqs = [jobs[i][0] for i in part]
             keep = 1 + max(len(jobs[i][0]) - jobs[i][1] for i in part)
-            logits = self.model(
-                input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep
-            ).logits.float()
-            # The logits at a position predict the next token: the last one predicts none.
-            logp = torch.log_softmax(logits[:, :-1], -1).gather(2, ids[:, 1 - keep :, None])[..., 0]
+            # The logits at a position predict the next token: the cache may hold none of the
+            # positions whose logits are read, the one before ``start`` included.
+            logits, cache, mask, cached = self._prefill(seqs, [jobs[i][1] - 1 for i in part], keep)
+            targets = torch.tensor(  # the tokens those logits predict, ends aligned
+                [[self.pad_id] * max(0, keep - 1 - len(seq)) + seq[-(keep - 1) :] for seq in seqs], device=self.device
+            )
+            logp = torch.log_softmax(logits[:, :-1], -1).gather(2, targets[..., None])[..., 0]
             for row, i in enumerate(part):
                 seq, start = jobs[i]
-                out[i] = (logp[row, keep - 1 - (len(seq) - start) :].tolist(), len(seq))
+                self._store(seq, cached[row], cache, row, mask.shape[1] - (len(seq) - cached[row]))
+                out[i] = (logp[row, keep - 1 - (len(seq) - start) :].tolist(), len(seq) - cached[row], cached[row])
         return out
 
     def _score_batches(self, scored: list[int]) -> list[list[int]]:
@@ -256,8 +322,8 @@ class HFBackend(Backend):
             jobs.append(("gen", ids, r))
         outs = await self._batcher.submit(jobs)
         return [
-            GenResult(prompt_token_ids=ids, completions=c, batch_id=b, engine_seconds=s)
-            for (_, ids, _), (c, b, s) in zip(jobs, outs, strict=True)
+            GenResult(prompt_token_ids=ids, completions=c, cached_tokens=cached, batch_id=b, engine_seconds=s)
+            for (_, ids, _), (c, cached, b, s) in zip(jobs, outs, strict=True)
         ]
 
     async def score(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
@@ -272,6 +338,8 @@ class HFBackend(Backend):
             jobs.append(("score", prompt + cont, len(prompt)))
         outs = await self._batcher.submit(jobs)
         return [
-            ScoreResult(token_logprobs=lps, prompt_token_ids=ids, batch_id=b, engine_seconds=s)
-            for (_, ids, _), (lps, b, s) in zip(jobs, outs, strict=True)
+            ScoreResult(
+                token_logprobs=lps, prompt_token_ids=ids, cached_tokens=cached, batch_id=b, engine_seconds=s
+            )
+            for (_, ids, _), (lps, cached, b, s) in zip(jobs, outs, strict=True)
         ]
