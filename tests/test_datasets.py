@@ -57,3 +57,30 @@ def test_missing_local_file_says_what_to_do(tmp_path: Path) -> None:
 def test_humaneval_ships_in_its_package() -> None:
     probs = datasets.load("humaneval", limit=3)
     assert len(probs) == 3 and all(p.kind == "code" and p.entry_point for p in probs)
+
+
+def test_mbpp_splits_come_from_the_hub_by_name_where_no_file_holds_them(tmp_path: Path, monkeypatch) -> None:
+    """The shipped file holds all 974 tasks and a split is a task-id range; the hub serves
+    each split on its own, so the fallback must ask for the split wanted."""
+    import datasets as hf_datasets
+
+    asked: list[tuple] = []
+    row = {"text": "Add.", "code": "def add(a, b):\n    return a + b\n", "test_setup_code": "",
+           "test_list": ["assert add(1, 2) == 3", "assert add(0, 0) == 0"], "challenge_test_list": []}
+
+    def hub(*args, **kwargs):
+        asked.append((*args, kwargs.get("split")))
+        low = {"test": 11, "validation": 511}[kwargs["split"]]
+        return [{**row, "task_id": low + i} for i in range(3)]
+
+    monkeypatch.setenv("TTC_DATA_DIR", str(tmp_path))  # no local file
+    monkeypatch.setattr(hf_datasets, "load_dataset", hub)
+    val = datasets.mbpp(split="validation", n_visible=2, limit=2)
+    assert asked == [("google-research-datasets/mbpp", "full", "validation")]
+    assert [p.id for p in val] == ["mbpp/511", "mbpp/512"]
+    assert "assert add(0, 0) == 0" in val[0].prompt  # both asserts shown
+    assert [p.id for p in datasets.load("mbpp")] == ["mbpp/11", "mbpp/12", "mbpp/13"]
+    with pytest.raises(ValueError, match="allowed: prompt, test, validation, train"):
+        datasets.load("mbpp", split="dev")
+    with pytest.raises(ValueError, match="takes no parameters"):
+        datasets.load("gsm8k", split="test")

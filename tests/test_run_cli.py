@@ -41,6 +41,7 @@ def run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
         # a rule between two arguments, found before any engine starts
         (["strategy=beam_search", "strategy.n=16", "strategy.width=5"], "multiple of width"),
         (["dataset=gsm8k", "dataset.path=/nonexistent/gsm8k.jsonl"], "dataset.path"),
+        (["dataset=mbpp", "dataset.split=dev"], "dataset.split"),
         (["model.path=/nonexistent/model"], "model.path"),
     ],
 )

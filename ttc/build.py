@@ -27,6 +27,7 @@ LOADERS: dict[str, Callable[..., list[Problem]]] = {
     "arith": datasets.arith_problems,
     "synth_code": datasets.synth_code_problems,
     **{name: partial(datasets.load, name) for name in ("humaneval", *datasets.BENCHMARKS)},
+    "mbpp": datasets.mbpp,
 }
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import PositiveInt
 
 from ttc.answers import gsm8k_gold
 from ttc.tasks import arith, synth_code
@@ -61,11 +63,13 @@ def synth_code_problems(limit: int = 100, seed: int = 0, max_const: int = 19) ->
     ]
 
 
-def load_rows(name: str, path: str | None = None) -> list[dict[str, Any]]:
-    """Rows from a local JSONL file through ``datasets``, or from the hub by name."""
+def load_rows(name: str, path: str | None = None, split: str | None = None) -> list[dict[str, Any]]:
+    """Rows from a local JSONL file through ``datasets``, or from the hub by name (``split``:
+    the hub split, where the local file holds every split's rows)."""
     import datasets
 
-    local, hub_id, hub_config, split = BENCHMARKS[name]
+    local, hub_id, hub_config, hub_split = BENCHMARKS[name]
+    split = split or hub_split
     file = Path(path) if path else data_dir() / local
     if file.exists():
         return list(datasets.load_dataset("json", data_files=str(file), split="train"))
@@ -109,16 +113,16 @@ def load(
         return arith_problems(limit=limit or 100, seed=seed, **params)
     if name == "synth_code":
         return synth_code_problems(limit=limit or 100, seed=seed, **params)
-    if params:
+    if name == "mbpp":
+        from verifiers.code import mbpp_problems
+
+        problems = mbpp_problems(path, **params)
+    elif params:
         raise ValueError(f"dataset {name} takes no parameters {sorted(params)}")
-    if name == "humaneval":
+    elif name == "humaneval":
         from verifiers.code import humaneval_problems
 
         problems = humaneval_problems()
-    elif name == "mbpp":
-        from verifiers.code import mbpp_problems
-
-        problems = mbpp_problems(path)
     elif name in BENCHMARKS:
         problems = math_problems(name, path)
     else:
@@ -128,3 +132,16 @@ def load(
 
         random.Random(seed).shuffle(problems)
     return problems[:limit] if limit else problems
+
+
+def mbpp(
+    limit: int | None = None,
+    seed: int = 0,
+    path: str | None = None,
+    shuffle: bool = False,
+    split: Literal["prompt", "test", "validation", "train"] = "test",
+    n_visible: PositiveInt = 1,
+) -> list[Problem]:
+    """MBPP's ``split`` (by task id, as the benchmark defines them); the prompt shows the first
+    ``n_visible`` of a task's asserts."""
+    return load("mbpp", limit, seed, path, shuffle, split=split, n_visible=n_visible)

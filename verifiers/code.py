@@ -209,9 +209,11 @@ def mbpp_problems(path: str | Path | None = None, limit: int | None = None, spli
     are all of them."""
     from ttc.datasets import load_rows
 
+    if split not in MBPP_SPLITS:
+        raise ValueError(f"mbpp split {split!r}; allowed: {', '.join(MBPP_SPLITS)}")
     low, high = MBPP_SPLITS[split]
     problems = []
-    for row in load_rows("mbpp", str(path) if path else None):
+    for row in load_rows("mbpp", str(path) if path else None, split):
         if limit is not None and len(problems) >= limit:
             break
         if not low <= row["task_id"] <= high:
