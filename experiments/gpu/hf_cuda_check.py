@@ -6,7 +6,8 @@ On a CUDA machine: greedy outputs of the reference policy match the CPU's token
 for token (fp32, TF32 off), CoT and Best-of-8 run through the runner with
 their ledgers, Best-of-8 again with one sequence per forward pass (``max_num_seqs=1``:
 what batching buys on the device, and how many completions come out the same when a
-sample's batch differs), and the reference PRM scores a correct step above a corrupted one.
+sample's batch differs), the reference PRM scores a correct step above a corrupted one, and
+PRM beam search runs with the prefix cache and without it (``prefix_cache_gib=0``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import json
 import time
 from pathlib import Path
 
-from strategies import BestOfN, CoT
+from strategies import BeamSearch, BestOfN, CoT
 from ttc.backends.hf import HFBackend
 from ttc.datasets import arith_problems
 from ttc.reference import POLICY_PATH, PRM_PATH
@@ -79,6 +80,21 @@ def main() -> None:
     good = asyncio.run(prm.score_steps(None, "Q:37+45*2-18=?\n", ["37+45=82\n", "82*2=164\n"]))
     bad = asyncio.run(prm.score_steps(None, "Q:37+45*2-18=?\n", ["37+45=82\n", "82*2=146\n"]))
     out["prm_good_vs_bad_last_step"] = [good[-1], bad[-1]]
+
+    beams = {}
+    for name, gib in (("beam_search_prefix_cache", 1.0), ("beam_search_no_cache", 0.0)):
+        policy = HFBackend(str(POLICY_PATH), device=args.device, dtype="float32", prefix_cache_gib=gib)
+        judge = PRMVerifier(HFBackend(str(PRM_PATH), device=args.device, dtype="float32", prefix_cache_gib=gib))
+        t = time.perf_counter()
+        recs = asyncio.run(run_queries(problems, BeamSearch(n=8, width=4, verifier=judge), policy, exact,
+                                       concurrency=32, seed=3, progress=False))
+        beams[name] = [r["completion"] for r in recs]
+        s = summarize(recs)
+        out[name] = {k: s[k] for k in ("accuracy", "errors", "cached_tokens", "ideal_cached_tokens")}
+        out[name]["wall_s"] = time.perf_counter() - t
+    out["prefix_cache_speedup"] = out["beam_search_no_cache"]["wall_s"] / out["beam_search_prefix_cache"]["wall_s"]
+    same = [x == y for x, y in zip(beams["beam_search_prefix_cache"], beams["beam_search_no_cache"], strict=True)]
+    out["beam_search_same_completion_without_cache"] = sum(same) / len(same)
     if args.device == "cuda":
         out["max_memory_allocated_bytes"] = torch.cuda.max_memory_allocated()
     print(json.dumps(out, indent=2))
