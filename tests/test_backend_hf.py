@@ -11,6 +11,7 @@ from collections import Counter
 import pytest
 
 from strategies.beam_search import BeamSearch
+from strategies.dvts import DVTS
 from strategies.mcts import MCTS
 from ttc.datasets import arith_problems
 from ttc.reference import POLICY_PATH, PRM_PATH
@@ -157,8 +158,13 @@ def test_a_branch_reads_its_parents_blocks_and_comes_out_as_without_them() -> No
 
 
 @pytest.mark.parametrize(
-    "make", [lambda prm: BeamSearch(n=8, width=4, verifier=prm), lambda prm: MCTS(simulations=8, verifier=prm)],
-    ids=["beam_search", "mcts"],
+    "make",
+    [
+        lambda prm: BeamSearch(n=8, width=4, verifier=prm),
+        lambda prm: DVTS(n=8, width=2, verifier=prm),  # four subtrees send their first prompt side by side
+        lambda prm: MCTS(simulations=8, verifier=prm),
+    ],
+    ids=["beam_search", "dvts", "mcts"],
 )
 def test_tree_search_hits_the_prefix_cache_and_answers_as_without_it(make) -> None:
     from ttc.backends.hf import HFBackend
@@ -225,3 +231,19 @@ def test_a_model_with_sliding_window_layers_runs_without_the_cache(tmp_path) -> 
     req = GenRequest(prompt=PROMPTS[0] * 2, temperature=0.0, max_tokens=5)
     first, second = asyncio.run(hf.generate([req])), asyncio.run(hf.generate([req]))
     assert second[0].cached_tokens == 0 and tokens(first) == tokens(second)
+
+
+def test_a_prompt_repeated_in_one_pass_is_prefilled_once_with_the_cache_on(monkeypatch) -> None:
+    """As DVTS's subtrees first send their query's prompt side by side: an engine computes
+    it once and reports the repeats cached, and so does this backend."""
+    prompt = PROMPTS[0] * 3  # 45 tokens: two whole blocks
+    reqs = [GenRequest(prompt=prompt, n=2, seed=s, max_tokens=8) for s in (1, 2)]
+    reqs.append(GenRequest(prompt=PROMPTS[1], n=2, seed=3, max_tokens=8))
+    for gib, rows, cached in ((1.0, 2, [0, 32, 0]), (0.0, 3, [0, 0, 0])):
+        hf = backend(prefix_cache_gib=gib)
+        calls = count_forwards(hf, monkeypatch)
+        together = asyncio.run(hf.generate(reqs))
+        assert calls[0] == rows and calls[1] == 6
+        assert [r.cached_tokens for r in together] == cached
+        alone = [asyncio.run(backend(prefix_cache_gib=0).generate([r]))[0] for r in reqs]
+        assert tokens(together) == tokens(alone)

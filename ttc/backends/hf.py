@@ -39,8 +39,9 @@ class _Sample:
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     finish: str | None = None
-    cached: int = 0  # prompt tokens read from the prefix cache
-    start: int = 0  # where, along the batch's cache, this sample's uncached tokens begin
+    cached: int = 0  # prompt tokens reported read from the prefix cache
+    first: int = 0  # the first token its pass computed, ...
+    start: int = 0  # ... and where along the pass's cache that token lies
 
 
 class HFBackend(Backend):
@@ -203,16 +204,28 @@ class HFBackend(Backend):
         """Prefill each prompt of ``samples`` once, then decode them all until each ends."""
         import torch
 
-        prompts = list(dict.fromkeys(s.job for s in samples))
-        seqs = [jobs[j][0] for j in prompts]
+        # One prefill row per prompt; with the cache on, per distinct prompt: a request that
+        # repeats another in the pass reads its KV, as an engine reads blocks computed in
+        # the same step (and reports them cached).
+        share, block = self.prefix.capacity > 0, self.prefix.block_size
+
+        def key(job: int) -> Any:
+            return tuple(jobs[job][0]) if share else job
+
+        row_of = {k: row for row, k in enumerate(dict.fromkeys(key(s.job) for s in samples))}
+        seqs = [list(k) if share else jobs[k][0] for k in row_of]
         logits, cache, mask, cached = self._prefill(seqs, [len(seq) - 1 for seq in seqs], keep=1)
         width = mask.shape[1]
+        rows: list[int] = []
+        owner: dict[int, int] = {}  # row -> the request whose prompt it computed
         for s in samples:
-            k = prompts.index(s.job)
-            s.cached, s.start = cached[k], width - (len(seqs[k]) - cached[k])
-        rows = torch.tensor([prompts.index(s.job) for s in samples], device=self.device)  # n rows per prompt
-        cache.batch_select_indices(rows)
-        logits, mask = logits[rows, -1], mask[rows]
+            row = row_of[key(s.job)]
+            rows.append(row)
+            s.first, s.start = cached[row], width - (len(seqs[row]) - cached[row])
+            s.cached = cached[row] if owner.setdefault(row, s.job) == s.job else (len(seqs[row]) - 1) // block * block
+        index = torch.tensor(rows, device=self.device)  # n rows per prompt
+        cache.batch_select_indices(index)
+        logits, mask = logits[index, -1], mask[index]
         last = torch.tensor([len(jobs[s.job][0]) - 1 for s in samples], device=self.device)
         live = list(samples)
         while True:
@@ -223,7 +236,7 @@ class HFBackend(Backend):
                 s.logprobs.append(lp)  # the model's own distribution, as the engines report it
                 s.finish = self._finish(s)
                 if s.finish:
-                    self._store(jobs[s.job][0] + s.tokens, s.cached, cache, row, s.start)
+                    self._store(jobs[s.job][0] + s.tokens, s.first, cache, row, s.start)
             keep = [i for i, s in enumerate(live) if s.finish is None]
             if not keep:
                 return
