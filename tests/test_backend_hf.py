@@ -247,3 +247,15 @@ def test_a_prompt_repeated_in_one_pass_is_prefilled_once_with_the_cache_on(monke
         assert [r.cached_tokens for r in together] == cached
         alone = [asyncio.run(backend(prefix_cache_gib=0).generate([r]))[0] for r in reqs]
         assert tokens(together) == tokens(alone)
+
+
+def test_the_stop_check_skips_only_tokens_that_cannot_end_a_stop(hf) -> None:
+    colon, letter = hf.encode_continuation(":"), hf.encode_continuation("A")
+    assert hf._may_end("A:", colon[0]) and not hf._may_end("A:", letter[0])
+    assert hf._may_end("A ", letter[0]) and hf._may_end("é\n", letter[0])  # always looked for: see _may_end
+    # Two-character stops end the sample at their second character, found however it came.
+    reqs = [GenRequest(prompt=p, n=4, seed=i, stop=["A:", "=1"], max_tokens=80) for i, p in enumerate(PROMPTS[:4])]
+    for r in asyncio.run(hf.generate(reqs)):
+        for c in r.completions:
+            assert c.finish_reason == "stop" and c.text.endswith(("A:", "=1")), c.text
+            assert "A:" not in c.text[:-1] and "=1" not in c.text[:-1]

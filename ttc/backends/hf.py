@@ -90,6 +90,7 @@ class HFBackend(Backend):
         eos = eos if isinstance(eos, list) else [eos]
         self.eos_ids = {t for t in [*eos, self.tokenizer.eos_token_id] if t is not None}
         self.pad_id = next(t for t in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id, 0) if t is not None)
+        self._pieces: dict[int, str] = {}  # each token's text alone, for the stop check
         self._unseeded = random.Random(seed)  # streams for requests without a seed of their own
         self._batcher: MicroBatcher[tuple[str, list[int], Any], Any] = MicroBatcher(self._run)
 
@@ -280,7 +281,7 @@ class HFBackend(Backend):
     def _finish(self, s: _Sample) -> str | None:
         if s.tokens[-1] in self.eos_ids:
             return "stop"
-        if s.req.stop:
+        if s.req.stop and any(self._may_end(x, s.tokens[-1]) for x in s.req.stop):
             # Only the completion's last few tokens can hold a new match (the first match
             # ends the sample, so none lies further back); a token decodes to a character
             # or more, a special one to none: a margin of two.
@@ -289,6 +290,19 @@ class HFBackend(Backend):
             if any(x in tail for x in s.req.stop):
                 return "stop"
         return "length" if len(s.tokens) >= s.req.max_tokens else None
+
+    def _may_end(self, stop: str, token: int) -> bool:
+        """Whether ``token`` can end a new match of ``stop``: a match ends inside the last
+        token's text, so that text holds the stop's last character. Exact for stops of
+        ASCII characters but a space (a token's text alone can lack its leading space, or
+        hold half of a multi-byte character); any other stop is always looked for."""
+        last = stop[-1]
+        if last == " " or not stop.isascii():
+            return True
+        piece = self._pieces.get(token)
+        if piece is None:
+            piece = self._pieces[token] = self.decode([token])
+        return last in piece
 
     def _score(self, jobs: list[tuple[list[int], int]]) -> list[tuple[list[float], int, int]]:
         """Log-probabilities of each job's tokens from ``start`` on, with the tokens computed

@@ -58,6 +58,8 @@ class PrefixCache:
         KV ``keys[layer]`` / ``values[layer]`` hold along their second dimension, from
         ``first`` on. The blocks before ``first`` must still be cached: the new ones hang
         from them."""
+        if self.capacity < self.block_size:
+            return
         chain: list[tuple[int, tuple[int, ...]]] = []
         parent, b = _ROOT, self.block_size
         for start in range(0, len(ids) - b + 1, b):
