@@ -209,18 +209,15 @@ class HFBackend(Backend):
         # repeats another in the pass reads its KV, as an engine reads blocks computed in
         # the same step (and reports them cached).
         share, block = self.prefix.capacity > 0, self.prefix.block_size
-
-        def key(job: int) -> Any:
-            return tuple(jobs[job][0]) if share else job
-
-        row_of = {k: row for row, k in enumerate(dict.fromkeys(key(s.job) for s in samples))}
+        key = {j: tuple(jobs[j][0]) if share else j for j in dict.fromkeys(s.job for s in samples)}
+        row_of = {k: row for row, k in enumerate(dict.fromkeys(key.values()))}
         seqs = [list(k) if share else jobs[k][0] for k in row_of]
         logits, cache, mask, cached = self._prefill(seqs, [len(seq) - 1 for seq in seqs], keep=1)
         width = mask.shape[1]
         rows: list[int] = []
         owner: dict[int, int] = {}  # row -> the request whose prompt it computed
         for s in samples:
-            row = row_of[key(s.job)]
+            row = row_of[key[s.job]]
             rows.append(row)
             s.first, s.start = cached[row], width - (len(seqs[row]) - cached[row])
             s.cached = cached[row] if owner.setdefault(row, s.job) == s.job else (len(seqs[row]) - 1) // block * block
