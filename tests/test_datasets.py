@@ -54,6 +54,25 @@ def test_missing_local_file_says_what_to_do(tmp_path: Path) -> None:
         datasets.load("math500", path=str(tmp_path / "nope.jsonl"))
 
 
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("gsm8k", "", r"gsm8k: .*bad\.jsonl is empty"),
+        ("gsm8k", '{"question": "1+1?"}\n', r"gsm8k: row 0 of .*bad\.jsonl has no answer field \(it has question\)"),
+        ("math500", '{"problem": "x", "answer": "1"}\n{"answer": "2"}\n', r"row 1 .* has no question or problem field"),
+        ("math500", "not json\n", r"math500: cannot read .*bad\.jsonl as JSON lines"),
+        ("mbpp", '{"task_id": 11, "text": "t", "code": "c"}\n', r"mbpp: row 0 .* has no test_list field"),
+    ],
+)
+def test_a_file_that_is_not_the_dataset_is_named_with_what_is_wrong(
+    tmp_path: Path, name: str, text: str, message: str
+) -> None:
+    f = tmp_path / "bad.jsonl"
+    f.write_text(text)
+    with pytest.raises(datasets.DatasetError, match=message):
+        datasets.load(name, path=str(f))
+
+
 def test_humaneval_ships_in_its_package() -> None:
     probs = datasets.load("humaneval", limit=3)
     assert len(probs) == 3 and all(p.kind == "code" and p.entry_point for p in probs)

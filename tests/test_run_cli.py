@@ -26,6 +26,10 @@ def run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
         (["strategy=best_of_n", "strategy.select=loudest"], "strategy.select"),
         (["+strategy.beams=3"], "strategy.beams"),
         (["dataset.steps=four"], "dataset.steps"),
+        (["dataset.steps=0"], "dataset.steps"),  # the generator's own bounds, before any engine starts
+        (["dataset.max_operand=1"], "dataset.max_operand"),
+        (["dataset.limit=0"], "dataset.limit"),  # not an empty run that reports accuracy 0
+        (["dataset=synth_code", "dataset.max_const=1"], "dataset.max_const"),
         (["backend.gpu_memory_utilization=lots"], "backend.gpu_memory_utilization"),
         (["strategy=best_of_n", "strategy.select=verifier", "verifier=none"], "verifier"),
         # a remote policy's servers do not serve the PRM
@@ -52,6 +56,15 @@ def test_bad_config_fails_fast_with_one_line(tmp_path: Path, args: list[str], ke
     assert len(err) == 1 and key in err[0], p.stderr
     assert "Traceback" not in p.stderr
     assert not (tmp_path / "results.jsonl").exists()
+
+
+def test_a_dataset_file_without_its_fields_is_named_before_any_engine_starts(tmp_path: Path) -> None:
+    data = tmp_path / "gsm8k.jsonl"
+    data.write_text('{"question": "1+1?"}\n')
+    p = run("dataset=gsm8k", f"dataset.path={data}", f"hydra.run.dir={tmp_path}", timeout=120)
+    assert p.returncode == 2
+    assert f"config error: dataset gsm8k: row 0 of {data} has no answer field" in p.stderr
+    assert "Traceback" not in p.stderr and "vLLM" not in p.stderr
 
 
 def test_unknown_group_option_is_named_without_a_traceback(tmp_path: Path) -> None:

@@ -234,8 +234,10 @@ def build_verifier(spec: RunSpec, engine_args: dict[str, Any]) -> tuple[Any, KVG
 def build(spec: RunSpec) -> Built:
     try:
         problems = LOADERS[spec.dataset_name](**spec.dataset_args)
-    except FileNotFoundError as exc:  # no local file, and no hub to fall back on: the loader names which
+    except (FileNotFoundError, datasets.DatasetError) as exc:  # the loader names the file and what is wrong
         raise ConfigError(str(exc)) from None
+    if not problems:
+        raise ConfigError(f"dataset: {spec.dataset_name} with these options has no problems")
     engine_args = {**spec.backend_args}
     if "max_model_len" in engine_args and engine_args["max_model_len"] is None:
         engine_args["max_model_len"] = spec.model.max_model_len

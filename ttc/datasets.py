@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import PositiveInt
+from pydantic import Field, NonNegativeInt, PositiveInt
 
 from ttc.answers import gsm8k_gold
 from ttc.tasks import arith, synth_code
@@ -24,6 +24,9 @@ BENCHMARKS: dict[str, tuple[str, str, str | None, str]] = {
 }
 DATASETS = ("arith", "synth_code", "humaneval", *BENCHMARKS)
 
+# The generators' own bounds, declared so that a bad value fails with the config's other errors.
+AtLeastTwo = Annotated[int, Field(ge=2)]
+
 
 def data_dir() -> Path:
     """Where local benchmark files live: $TTC_DATA_DIR, else ``../shared/data`` beside the repo."""
@@ -32,7 +35,11 @@ def data_dir() -> Path:
 
 
 def arith_problems(
-    limit: int = 100, seed: int = 0, steps: int = 4, max_operand: int = 99, direct: bool = False
+    limit: PositiveInt = 100,
+    seed: NonNegativeInt = 0,
+    steps: PositiveInt = 4,
+    max_operand: AtLeastTwo = 99,
+    direct: bool = False,
 ) -> list[Problem]:
     return [
         Problem(
@@ -46,7 +53,9 @@ def arith_problems(
     ]
 
 
-def synth_code_problems(limit: int = 100, seed: int = 0, max_const: int = 19) -> list[Problem]:
+def synth_code_problems(
+    limit: PositiveInt = 100, seed: NonNegativeInt = 0, max_const: AtLeastTwo = 19
+) -> list[Problem]:
     return [
         Problem(
             id=f"code-{seed}-{i}",
@@ -63,30 +72,53 @@ def synth_code_problems(limit: int = 100, seed: int = 0, max_const: int = 19) ->
     ]
 
 
-def load_rows(name: str, path: str | None = None, split: str | None = None) -> list[dict[str, Any]]:
+class DatasetError(ValueError):
+    """Rows that cannot be read as the dataset: the message names the file and what is wrong."""
+
+
+def load_rows(
+    name: str, path: str | None = None, split: str | None = None, fields: tuple[str | tuple[str, ...], ...] = ()
+) -> list[dict[str, Any]]:
     """Rows from a local JSONL file through ``datasets``, or from the hub by name (``split``:
-    the hub split, where the local file holds every split's rows)."""
+    the hub split, where the local file holds every split's rows). Every row must hold each of
+    ``fields`` (a tuple: one of its names)."""
     import datasets
 
     local, hub_id, hub_config, hub_split = BENCHMARKS[name]
     split = split or hub_split
     file = Path(path) if path else data_dir() / local
     if file.exists():
-        return list(datasets.load_dataset("json", data_files=str(file), split="train"))
-    if path:
+        source = str(file)
+        if file.stat().st_size == 0:
+            raise DatasetError(f"dataset {name}: {file} is empty")
+        try:
+            rows = list(datasets.load_dataset("json", data_files=source, split="train"))
+        except Exception as exc:  # the json builder's own error, several layers down
+            raise DatasetError(f"dataset {name}: cannot read {file} as JSON lines ({type(exc).__name__})") from None
+    elif path:
         raise FileNotFoundError(f"dataset.path: no such file {file}")
-    try:
-        return list(datasets.load_dataset(hub_id, hub_config, split=split))
-    except Exception as exc:
-        raise FileNotFoundError(
-            f"dataset {name}: {file} not found and the hub ({hub_id}) is unreachable; "
-            f"set dataset.path or TTC_DATA_DIR ({type(exc).__name__})"
-        ) from None
+    else:
+        source = hub_id
+        try:
+            rows = list(datasets.load_dataset(hub_id, hub_config, split=split))
+        except Exception as exc:
+            raise FileNotFoundError(
+                f"dataset {name}: {file} not found and the hub ({hub_id}) is unreachable; "
+                f"set dataset.path or TTC_DATA_DIR ({type(exc).__name__})"
+            ) from None
+    for i, row in enumerate(rows):
+        for want in fields:
+            names = (want,) if isinstance(want, str) else want
+            if all(row.get(n) is None for n in names):
+                raise DatasetError(
+                    f"dataset {name}: row {i} of {source} has no {' or '.join(names)} field (it has {', '.join(row)})"
+                )
+    return rows
 
 
 def math_problems(name: str, path: str | None = None) -> list[Problem]:
     out = []
-    for i, row in enumerate(load_rows(name, path)):
+    for i, row in enumerate(load_rows(name, path, fields=(("question", "problem"), "answer"))):
         question = row.get("question") or row.get("problem")
         if name == "gsm8k":
             answer, fmt = gsm8k_gold(row["answer"]), "gsm8k"
@@ -101,8 +133,8 @@ def math_problems(name: str, path: str | None = None) -> list[Problem]:
 
 def load(
     name: str,
-    limit: int | None = None,
-    seed: int = 0,
+    limit: PositiveInt | None = None,
+    seed: NonNegativeInt = 0,
     path: str | None = None,
     shuffle: bool = False,
     **params: Any,
@@ -135,8 +167,8 @@ def load(
 
 
 def mbpp(
-    limit: int | None = None,
-    seed: int = 0,
+    limit: PositiveInt | None = None,
+    seed: NonNegativeInt = 0,
     path: str | None = None,
     shuffle: bool = False,
     split: Literal["prompt", "test", "validation", "train"] = "test",

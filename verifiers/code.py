@@ -213,7 +213,7 @@ def mbpp_problems(path: str | Path | None = None, limit: int | None = None, spli
         raise ValueError(f"mbpp split {split!r}; allowed: {', '.join(MBPP_SPLITS)}")
     low, high = MBPP_SPLITS[split]
     problems = []
-    for row in load_rows("mbpp", str(path) if path else None, split):
+    for row in load_rows("mbpp", str(path) if path else None, split, fields=("task_id", "text", "code", "test_list")):
         if limit is not None and len(problems) >= limit:
             break
         if not low <= row["task_id"] <= high:
