@@ -249,6 +249,21 @@ def test_a_prompt_repeated_in_one_pass_is_prefilled_once_with_the_cache_on(monke
         assert tokens(together) == tokens(alone)
 
 
+def test_a_sequence_scored_twice_in_one_pass_is_computed_once_with_the_cache_on(monkeypatch) -> None:
+    """A PRM judging several samples that open with the same step: one row for them all."""
+    judged = ScoreRequest(prompt=PROMPTS[0] * 3, continuation="7")  # 45 prompt tokens
+    reqs = [judged, ScoreRequest(prompt=PROMPTS[1], continuation="12"), judged]
+    for gib, rows, cached in ((1.0, 2, [0, 0, 32]), (0.0, 3, [0, 0, 0])):
+        hf = backend(prefix_cache_gib=gib)
+        calls = count_forwards(hf, monkeypatch)
+        together = asyncio.run(hf.score(reqs))
+        assert calls == [rows]
+        assert [r.cached_tokens for r in together] == cached
+        alone = [asyncio.run(backend(prefix_cache_gib=0).score([r]))[0] for r in reqs]
+        for t, a in zip(together, alone, strict=True):
+            assert t.token_logprobs == pytest.approx(a.token_logprobs, abs=1e-5)
+
+
 def test_the_stop_check_skips_only_tokens_that_cannot_end_a_stop(hf) -> None:
     colon, letter = hf.encode_continuation(":"), hf.encode_continuation("A")
     assert hf._may_end("A:", colon[0]) and not hf._may_end("A:", letter[0])

@@ -304,11 +304,20 @@ class HFBackend(Backend):
     def _score(self, jobs: list[tuple[list[int], int]]) -> list[tuple[list[float], int, int]]:
         """Log-probabilities of each job's tokens from ``start`` on, with the tokens computed
         and those read from the prefix cache. Only the last positions' logits (a pass's
-        longest continuation) are computed: every sequence ends at the last position."""
+        longest continuation) are computed: every sequence ends at the last position. With
+        the cache on, a job that repeats another of the pass (a PRM judging the same first
+        step of several samples) is computed once and reports the blocks it could read."""
         import torch
 
         out: list[tuple[list[float], int, int]] = [([], 0, 0)] * len(jobs)
-        for part in self._score_batches([len(seq) - start for seq, start in jobs]):
+        share, block = self.prefix.capacity > 0, self.prefix.block_size
+        first = {i: i for i in range(len(jobs))}
+        if share:
+            seen: dict[tuple[tuple[int, ...], int], int] = {}
+            first = {i: seen.setdefault((tuple(seq), start), i) for i, (seq, start) in enumerate(jobs)}
+        todo = sorted(set(first.values()))
+        for group in self._score_batches([len(jobs[i][0]) - jobs[i][1] for i in todo]):
+            part = [todo[k] for k in group]
             seqs = [jobs[i][0] for i in part]
             keep = 1 + max(len(jobs[i][0]) - jobs[i][1] for i in part)
             # The logits at a position predict the next token: the cache may hold none of the
@@ -322,6 +331,11 @@ class HFBackend(Backend):
                 seq, start = jobs[i]
                 self._store(seq, cached[row], cache, row, mask.shape[1] - (len(seq) - cached[row]))
                 out[i] = (logp[row, keep - 1 - (len(seq) - start) :].tolist(), len(seq) - cached[row], cached[row])
+        for i, j in first.items():
+            if i != j:
+                seq, start = jobs[i]
+                cached = (start - 1) // block * block
+                out[i] = (out[j][0], len(seq) - cached, cached)
         return out
 
     def _score_batches(self, scored: list[int]) -> list[list[int]]:
