@@ -42,7 +42,7 @@ def root(ctx: QueryContext) -> Node:
 
 def is_final(ctx: QueryContext, text: str, finish_reason: str, delimiter: str) -> bool:
     """A chain is over once it states an answer, or the model ended it (EOS or length)."""
-    if extract_answer(ctx.problem, text) is not None:
+    if extract_answer(ctx.problem, text, committed=True) is not None:
         return True
     return not text.endswith(delimiter) or finish_reason == "length"
 

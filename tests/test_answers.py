@@ -21,6 +21,28 @@ def test_extraction_per_format() -> None:
 
 
 @pytest.mark.parametrize(
+    ("fmt", "text", "lenient", "committed"),
+    [
+        ("gsm8k", "Janet has 16 eggs per day.\n", "16", None),  # a step midway states no answer
+        ("gsm8k", "So she makes 18 dollars.\n#### 18", "18", "18"),
+        ("gsm8k", "The answer is $1,234.", "1234", "1234"),
+        ("gsm8k", "We get \\boxed{18}.", "18", "18"),
+        ("boxed", "First, the answer is not obvious.\n\n", "not obvious", None),
+        ("boxed", "So $x = \\boxed{\\frac{1}{2}}$.", "\\frac{1}{2}", "\\frac{1}{2}"),
+        ("program", "def f(x):\n", "def f(x):", None),  # a program ends where the model ends it
+        ("reference", "1+2=3\n", None, None),
+        ("reference", "1+2=3\nA:3\n", "3", "3"),
+    ],
+)
+def test_a_search_ends_a_chain_only_on_an_answer_it_states(
+    fmt: str, text: str, lenient: str | None, committed: str | None
+) -> None:
+    problem = Problem(id="p", prompt="", answer="0", answer_format=fmt)
+    assert extract_answer(problem, text) == lenient  # grading a finished completion
+    assert extract_answer(problem, text, committed=True) == committed
+
+
+@pytest.mark.parametrize(
     ("gold", "pred"),
     [
         (r"\frac{14}{3}", r"\dfrac{14}{3}"),

@@ -49,12 +49,19 @@ def guess_answer_format(prompt: str) -> AnswerFormat:
     return "boxed"
 
 
-def extract_answer(problem: Problem, completion: str) -> str | None:
-    """The final answer a completion commits to, in the problem's format; None if none."""
+def extract_answer(problem: Problem, completion: str, *, committed: bool = False) -> str | None:
+    """The final answer a completion commits to, in the problem's format; None if none.
+
+    Grading a finished completion falls back on what it most likely meant (GSM8K: its last
+    number; a program: its text). ``committed=True`` takes only an explicit statement
+    (``A:``, ``\\boxed{}``, ``####``, "the answer is 18"), so that a search can tell a
+    chain that answered from one midway: "Janet has 16 eggs." states no answer yet."""
     fmt = problem.answer_format
     if fmt == "reference":
         return arith.extract_answer(completion)
     if fmt == "program":
+        if committed:  # a program ends where the model ends it
+            return None
         program = synth_code.extract_program(completion)
         return program or None
     boxed = last_boxed(completion)
@@ -63,7 +70,11 @@ def extract_answer(problem: Problem, completion: str) -> str | None:
     if fmt == "gsm8k":
         if "####" in completion:
             return last_number(completion.split("####")[-1])
-        m = re.findall(r"answer is[:\s]*\$?(-?[\d,\.]+)", completion, flags=re.I)
-        return m[-1].replace(",", "").rstrip(".") if m else last_number(completion)
+        m = re.findall(r"answer is[:\s]*\$?(-?\d[\d,]*(?:\.\d+)?)", completion, flags=re.I)
+        if m:
+            return m[-1].replace(",", "")
+        return None if committed else last_number(completion)
+    if committed:
+        return None
     m = re.findall(r"answer is[:\s]*\$?([^\n$]+)", completion, flags=re.I)
     return m[-1].strip().rstrip(".") if m else None
