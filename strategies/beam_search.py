@@ -1,10 +1,15 @@
 """Step-level beam search guided by a process reward model (Snell et al. 2024).
 
-    candidates <- N first steps
+    candidates <- N first steps; N/M beams open
     repeat up to max_depth:
-        keep the N/M best unfinished candidates by PRM score (finished ones are set aside)
-        each survivor proposes M next steps        (optionally scored after a greedy lookahead)
+        score the candidates by PRM             (optionally after a greedy lookahead)
+        every finished candidate is an answer
+        the open beams take the best candidates; a beam whose best chain has finished closes
+        each open beam's chain proposes M next steps
     answer: the best finished chain by PRM score, or a PRM-weighted vote
+
+DVTS runs this with one beam per subtree: a subtree ends when its best step ends the
+chain, not when any of its candidates does.
 """
 
 from __future__ import annotations
@@ -63,17 +68,19 @@ class BeamSearch(Strategy):
     async def search(self, ctx: QueryContext, start: Node | None = None) -> list[Node]:
         """The finished chains, best first (also used by DVTS on each subtree)."""
         opts = dict(temperature=self.temperature, max_step_tokens=self.max_step_tokens, max_depth=self.max_depth)
-        (frontier,) = await expand(ctx, [start or root(ctx)], self.n, **opts)
+        (candidates,) = await expand(ctx, [start or root(ctx)], self.n, **opts)
+        beams = self.n // self.width
         finished: list[Node] = []
         for _ in range(self.max_depth):
-            await self._judge(ctx, frontier)
-            finished += [c for c in frontier if c.done]
-            alive = sorted((c for c in frontier if not c.done), key=lambda c: c.score, reverse=True)
-            survivors = alive[: max(0, (self.n - len(finished)) // self.width)]
-            ctx.log("beam_step", depth=frontier[0].depth, alive=len(alive), kept=len(survivors))
+            await self._judge(ctx, candidates)
+            finished += [c for c in candidates if c.done]
+            best = sorted(candidates, key=lambda c: c.score, reverse=True)[:beams]
+            survivors = [c for c in best if not c.done]
+            beams = len(survivors)
+            ctx.log("beam_step", depth=candidates[0].depth, finished=len(finished), beams=beams)
             if not survivors:
                 break
-            frontier = [kid for kids in await expand(ctx, survivors, self.width, **opts) for kid in kids]
+            candidates = [kid for kids in await expand(ctx, survivors, self.width, **opts) for kid in kids]
         return sorted(finished, key=lambda c: c.score, reverse=True)
 
     async def solve(self, ctx: QueryContext) -> Answer:

@@ -1,7 +1,9 @@
 """A deterministic stand-in engine for unit tests of strategy logic (never of backends).
 
 It speaks the reference arithmetic format: each next step is right with
-probability ``p_correct`` (drawn from the request's seed), otherwise off by one.
+probability ``p_correct`` (drawn from the request's seed), otherwise off by one;
+with probability ``p_early`` a step before the last is a wrong answer instead,
+which ends the chain early.
 As a reward model it judges the newest step by exact checking, with a little
 noise, so PRM-guided search has a real signal to follow.
 """
@@ -22,11 +24,11 @@ from ttc.types import Completion, GenRequest, GenResult, KVGeometry, ScoreReques
 class ScriptedBackend(Backend):
     name = "scripted"
 
-    def __init__(self, p_correct: float = 0.6, block_size: int = 1) -> None:
+    def __init__(self, p_correct: float = 0.6, block_size: int = 1, p_early: float = 0.0) -> None:
         self.tokenizer = build_tokenizer()
         self.kv = KVGeometry(num_layers=2, num_kv_heads=1, head_dim=4, dtype_bytes=2)
         self.block_size = block_size
-        self.p = p_correct
+        self.p, self.p_early = p_correct, p_early
         self.calls: list[list[GenRequest]] = []  # each generate() call, as received
         self.max_model_len = 512
         self.eos = self.tokenizer.convert_tokens_to_ids(EOS)
@@ -40,9 +42,11 @@ class ScriptedBackend(Backend):
     def _next_step(self, prob: arith.ArithProblem, done: list[str], rng: random.Random) -> str:
         expected = prob.step_lines()
         i = len(done)
-        if i >= len(expected):
+        if i >= len(expected) or any(d.startswith("A:") for d in done):
             return ""
         line = expected[i]
+        if self.p_early and i < len(expected) - 1 and rng.random() < self.p_early:
+            return f"A:{rng.randint(0, 999)}\n"
         if rng.random() >= self.p:
             lhs, _, value = line.rpartition("=") if "=" in line else ("", "", line)
             line = f"A:{int(line[2:]) + 1}" if line.startswith("A:") else f"{lhs}={int(value) + 1}"

@@ -78,6 +78,18 @@ def test_beam_search_keeps_n_over_m_survivors_and_beats_sampling() -> None:
     assert later and all(r.n == 4 for r in later)
 
 
+@pytest.mark.parametrize(
+    "make", [lambda v: BeamSearch(n=8, width=4, verifier=v), lambda v: DVTS(n=8, width=4, verifier=v)]
+)
+def test_a_chain_that_ends_early_with_a_bad_answer_closes_no_beam(make) -> None:
+    # A quarter of the steps are a wrong answer that ends the chain: the PRM scores it low,
+    # so the beams go on with their best open chains (a beam whose best candidate had
+    # finished would close; one whose any candidate had, closed at once: 0.17 and 0.0).
+    b = ScriptedBackend(p_correct=0.5, p_early=0.25)
+    assert accuracy(make(PRMVerifier(b)), b) >= 0.6
+    assert len(b.calls) >= 4  # the search went on past the first early answers
+
+
 def test_beam_search_rejects_bad_width() -> None:
     with pytest.raises(ValueError, match="multiple of width"):
         BeamSearch(n=6, width=4)
