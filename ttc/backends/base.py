@@ -56,14 +56,27 @@ class Backend(ABC):
         return self.tokenizer.decode(token_ids, skip_special_tokens=True)
 
     def one_token_stops(self, stop: Sequence[str]) -> list[int]:
-        """The token ids of those stop strings that are one token each (step delimiters such
-        as ``"\\n"``): an engine can stop at them by itself, without the text."""
+        """The token ids of those stop strings that one token alone can write: a single ASCII
+        character that no other token's text holds (a character-level tokenizer's ``"\\n"``).
+        An engine can stop at them by itself, without the text. Any other stop is found in the
+        text: a BPE tokenizer merges ``"\\n\\n"`` with what comes before it (``".\\n\\n"`` is one
+        token), and the engine would write past the step."""
         cache: dict[tuple[str, ...], list[int]] = self.__dict__.setdefault("_one_token_stops", {})
         key = tuple(stop)
         if key not in cache:  # a handful of step delimiters per backend; tokenizing is per request
-            ids = [self.encode_continuation(s) for s in key]
-            cache[key] = [t[0] for t, s in zip(ids, key, strict=True) if len(t) == 1 and self.tokenizer.decode(t) == s]
+            cache[key] = [t for t in map(self._sole_writer, key) if t is not None]
         return cache[key]
+
+    def _sole_writer(self, stop: str) -> int | None:
+        """The one token whose text holds ``stop``, if ``stop`` is one ASCII character and
+        exactly one token holds it."""
+        if len(stop) != 1 or not stop.isascii():
+            return None
+        if "_pieces_text" not in self.__dict__:  # every token's text, once per backend
+            size = len(self.tokenizer)
+            self.__dict__["_pieces_text"] = self.tokenizer.batch_decode([[i] for i in range(size)])
+        holders = [i for i, text in enumerate(self.__dict__["_pieces_text"]) if stop in text]
+        return holders[0] if len(holders) == 1 else None
 
     def check_length(self, ids: list[int], max_tokens: int = 0) -> None:
         if self.max_model_len is not None and len(ids) + max(max_tokens, 1) > self.max_model_len:
