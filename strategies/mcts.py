@@ -85,12 +85,14 @@ class MCTS(Strategy):
             values = [n.score for n in nodes]
         if self.evaluation in ("rollout", "both"):
             open_ = [n for n in nodes if not n.done]
-            done = await rollout(ctx, open_, temperature=self.temperature) if open_ else []
-            await score(ctx, self.verifier, done)
-            finished += done
-            ends = iter(done)
+            ends = await rollout(ctx, open_, temperature=self.temperature) if open_ else []
+            # A child that has already finished is its own rollout; "both" has scored it above.
+            unscored = ends + [n for n in nodes if n.done] if self.evaluation == "rollout" else ends
+            await score(ctx, self.verifier, unscored)
+            finished += ends
+            outcome = iter(ends)
             for i, n in enumerate(nodes):
-                v = n.score if n.done else next(ends).score
+                v = n.score if n.done else next(outcome).score
                 values[i] = v if self.evaluation == "rollout" else (values[i] + v) / 2
         return values
 

@@ -136,6 +136,18 @@ def test_mcts_rollout_evaluation_finds_answers() -> None:
     assert accuracy(mcts, b) >= 0.7
 
 
+def test_mcts_rollouts_value_a_child_that_has_finished_by_its_own_score() -> None:
+    b = ScriptedBackend(p_correct=1.0)  # every step right: the stand-in PRM gives each 0.9
+    mcts = MCTS(simulations=12, branching=2, parallel=2, evaluation="rollout", verifier=PRMVerifier(b))
+    tree, _ = asyncio.run(mcts.search(QueryContext(arith_problems(limit=1, steps=1, seed=3)[0], b)))
+    ended, stack = [], [tree]
+    while stack:
+        node = stack.pop()
+        stack += node.children
+        ended += [node] if node.done and node.visits else []
+    assert ended and all(n.value_sum / n.visits > 0.5 for n in ended)  # not 0: unscored
+
+
 def test_mcts_virtual_loss_is_fully_removed() -> None:
     b = ScriptedBackend(p_correct=0.5)
     mcts = MCTS(simulations=12, branching=2, parallel=4, verifier=PRMVerifier(b))
