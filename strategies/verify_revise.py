@@ -9,7 +9,8 @@
 Two ways to revise. ``feedback`` (chat models): the verdict's text goes back into
 the prompt, after the failed attempt, with a request to fix it. ``resample``
 (models that cannot read feedback, like the reference model): keep the steps the
-verifier judged good and resample from the first bad one; the kept prefix is
+verifier judged good and resample from the first bad one (or, if the verdict rejects
+a chain whose every step passed, from the least trusted step); the kept prefix is
 served from the prefix cache.
 """
 
@@ -58,15 +59,23 @@ class VerifyRevise(Strategy):
         return res.completions[0].text
 
     def _keep(self, ctx: QueryContext, completion: str, verdict: Verdict) -> str:
-        """The prefix of steps the verifier judged good (all steps before the first bad one)."""
-        if not verdict.step_scores:
+        """The text before the step to resample from: the first step judged bad, else (the
+        verdict rejects a chain whose every step passed) the least trusted one, so a revision
+        never continues after the rejected answer. Steps are what verifiers score: the
+        non-blank pieces between delimiters (blank ones stay in the kept text)."""
+        scores = verdict.step_scores
+        if not scores:
             return ""
-        steps = completion.split(ctx.step_delimiter)
-        kept = []
-        for step, s in zip(steps, verdict.step_scores, strict=False):
-            if s < self.threshold:
-                break
-            kept.append(step + ctx.step_delimiter)
+        cut = next((i for i, s in enumerate(scores) if s < self.threshold), None)
+        if cut is None:
+            cut = min(range(len(scores)), key=scores.__getitem__)
+        kept, step = [], 0
+        for piece in completion.split(ctx.step_delimiter):
+            if piece.strip():
+                if step == cut:
+                    break
+                step += 1
+            kept.append(piece + ctx.step_delimiter)
         return "".join(kept)
 
     async def solve(self, ctx: QueryContext) -> Answer:

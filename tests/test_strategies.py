@@ -193,6 +193,25 @@ def test_verify_revise_resamples_from_the_first_bad_step() -> None:
     assert accuracy(vr, b) >= accuracy(CoT(), ScriptedBackend(p_correct=0.5)) + 0.2
 
 
+@pytest.mark.parametrize(
+    ("completion", "scores", "kept"),
+    [
+        ("s1\n\ns2\ns3\nA:7", [0.9, 0.9, 0.1, 0.9], "s1\n\ns2\n"),  # a blank piece is no step of its own
+        ("s1\ns2\nA:7\n", [0.8, 0.8, 0.7], "s1\ns2\n"),  # rejected though every step passed: not after A:7
+        ("s1\ns2\nA:7\n", [0.9, 0.6, 0.7], "s1\n"),
+        ("s1\ns2\n", [0.2, 0.9], ""),
+    ],
+)
+def test_resampling_keeps_the_steps_before_the_first_bad_or_least_trusted_one(
+    completion: str, scores: list[float], kept: str
+) -> None:
+    from ttc.types import Verdict
+
+    ctx = QueryContext(PROBLEMS[0], ScriptedBackend())
+    verdict = Verdict(score=0.3, step_scores=scores)  # the chain as a whole rejected
+    assert VerifyRevise(threshold=0.5)._keep(ctx, completion, verdict) == kept
+
+
 def test_particle_filter_resamples_towards_good_steps() -> None:
     b = ScriptedBackend(p_correct=0.5)
     pf = ParticleFilter(n=8, verifier=PRMVerifier(b))
