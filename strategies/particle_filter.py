@@ -3,11 +3,13 @@
     particles <- N empty chains, equal weights
     repeat until every particle is finished (or max_depth):
         extend every unfinished particle by one step
-        weight each by the PRM score of its newest step
-        resample the unfinished particles in proportion to softmax(weight / temperature)
-    answer: the finished particle with the highest weight (or a weighted vote)
+        weight each by the PRM score of its newest step (a finished one keeps its weight)
+        resample N particles from all of them in proportion to softmax(weight / temperature)
+    answer: the particle with the highest weight (or a weighted vote over the particles)
 
-Resampled copies share their whole prefix, which the engine's cache holds once.
+Finished particles stay in the population, as in the paper: a good answer is copied
+and takes the place of weak unfinished chains, a weak one is dropped. Resampled copies
+share their whole prefix, which the engine's cache holds once.
 """
 
 from __future__ import annotations
@@ -50,29 +52,24 @@ class ParticleFilter(Strategy):
     def resample(self, rng: random.Random, particles: list[Node]) -> list[Node]:
         m = max(p.score for p in particles)
         weights = [math.exp((p.score - m) / self.tau) for p in particles]
-        return rng.choices(particles, weights=weights, k=len(particles))
+        return rng.choices(particles, weights=weights, k=self.n)
 
     async def solve(self, ctx: QueryContext) -> Answer:
         assert self.verifier is not None
         rng = random.Random(ctx.seed_for("resample"))
         opts = dict(temperature=self.temperature, max_step_tokens=self.max_step_tokens, max_depth=self.max_depth)
-        start = root(ctx)
-        particles = [start] * self.n
-        finished: list[Node] = []
+        particles = [root(ctx)] * self.n
         for depth in range(self.max_depth):
-            # Copies of one particle (after resampling) go out as one request with n = copies.
+            # Copies of one unfinished particle go out as one request with n = copies.
             copies: dict[int, list[Node]] = {}
             for p in particles:
-                copies.setdefault(id(p), []).append(p)
-            parents = [group[0] for group in copies.values()]
-            kids = await expand(ctx, parents, [len(g) for g in copies.values()], **opts)
+                if not p.done:
+                    copies.setdefault(id(p), []).append(p)
+            if not copies:
+                break
+            kids = await expand(ctx, [g[0] for g in copies.values()], [len(g) for g in copies.values()], **opts)
             children = [c for ks in kids for c in ks]
             await score(ctx, self.verifier, children)
-            finished += [c for c in children if c.done]
-            alive = [c for c in children if not c.done]
-            ctx.log("pf_step", depth=depth, alive=len(alive), finished=len(finished))
-            if not alive:
-                break
-            particles = self.resample(rng, alive)
-        return pick(ctx, finished, self.select)
-
+            particles = self.resample(rng, [p for p in particles if p.done] + children)
+            ctx.log("pf_step", depth=depth, finished=sum(p.done for p in particles), particles=len(particles))
+        return pick(ctx, [p for p in particles if p.done], self.select)

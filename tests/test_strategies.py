@@ -218,6 +218,15 @@ def test_particle_filter_resamples_towards_good_steps() -> None:
     assert accuracy(pf, b) >= 0.8
 
 
+def test_particle_filter_drops_a_weak_finished_particle_and_copies_a_good_one() -> None:
+    # Every step right, but a quarter of them a wrong early answer (PRM 0.1 against 0.9):
+    # finished particles stay in the population, so the weak ones are resampled away.
+    b = ScriptedBackend(p_correct=1.0, p_early=0.25)
+    answer = ParticleFilter(n=8, verifier=PRMVerifier(b)).solve_sync(PROBLEMS[0].prompt, b)
+    assert len(answer.candidates) == 8
+    assert sum(c.answer == PROBLEMS[0].answer for c in answer.candidates) >= 7
+
+
 def test_runs_repeat_with_the_same_seed() -> None:
     a = asyncio.run(run_queries(PROBLEMS[:6], BestOfN(n=4), ScriptedBackend(0.5), grade, seed=3, progress=False))
     b = asyncio.run(run_queries(PROBLEMS[:6], BestOfN(n=4), ScriptedBackend(0.5), grade, seed=3, progress=False))
