@@ -55,6 +55,10 @@ def test_a_search_ends_a_chain_only_on_an_answer_it_states(
         (r"\{1,2\}", r"\{2,1\}"),
         ("0.5", r"\frac{1}{2}"),
         (r"6\sqrt{2}", r"\sqrt{72}"),
+        # An escaped dollar is a currency sign, not math mode (MATH-500 gold answers).
+        (r"\$32,\!348", "32348"),
+        ("5", r"\$5"),
+        (r"\$18.90", "18.90"),
     ],
 )
 def test_equivalent_pairs(gold: str, pred: str) -> None:
@@ -70,6 +74,8 @@ def test_equivalent_pairs(gold: str, pred: str) -> None:
         ("10", "100"),
         ("p - q", "q - p"),
         ("5", None),
+        (r"\$18.90", "19.80"),
+        (r"\$32,\!348", "32349"),
     ],
 )
 def test_non_equivalent_pairs(gold: str, pred: str | None) -> None:

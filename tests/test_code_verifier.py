@@ -20,7 +20,7 @@ from verifiers.code import (
     mbpp_problems,
 )
 from verifiers.passk import mean_pass_at_k, pass_at_k
-from verifiers.sandbox import Sandbox, SandboxLimits
+from verifiers.sandbox import Sandbox, SandboxError, SandboxLimits
 
 MBPP = Path("/work/shared/data/mbpp/mbpp.jsonl")
 
@@ -138,6 +138,15 @@ async def test_humaneval_canonical_pass_and_wrong_fail(sandbox: Sandbox) -> None
     assert not cheat.passed and cheat.status == "error"
     # The docstring examples grade the canonical solution as passing too.
     assert (await CodeVerifier(sandbox, use_visible=True).verify(problems[0], problems[0].answer)).passed
+
+
+async def test_a_broken_sandbox_is_an_error_not_a_wrong_answer(sandbox: Sandbox) -> None:
+    problem = synth_code_problems(limit=1, seed=3)[0]
+    starved = CodeVerifier(sandbox, limits=SandboxLimits(memory_mb=8))  # too small to load Python
+    with pytest.raises(SandboxError, match="could not run the program"):
+        await starved.verify(problem, problem.answer)
+    # The same sandbox still grades a program that runs and fails.
+    assert (await CodeVerifier(sandbox).verify(problem, "import os\nos._exit(127)")).status == "error"
 
 
 @pytest.mark.skipif(not MBPP.exists(), reason="MBPP data not present")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from verifiers.sandbox import Sandbox, SandboxLimits, SandboxResult
+from verifiers.sandbox import Sandbox, SandboxError, SandboxLimits, SandboxResult
 
 # Generous clocks so a busy CI machine cannot turn a pass into a timeout; the tests that
 # expect a timeout set short ones. "No hang" bounds allow for the launcher's backstop.
@@ -287,6 +287,26 @@ def test_forged_report_is_not_a_pass(sandbox: Sandbox) -> None:
         "os._exit(0)\n"
     )
     assert run(sandbox, program, "assert False").status == "error"
+
+
+def test_a_forked_child_cannot_pass_for_a_killed_runner(sandbox: Sandbox) -> None:
+    # The child inherits the harness (nonce, fd 3) and finishes the tests while the
+    # process that was graded burns its CPU budget and is killed.
+    program = "def f(x):\n    return x + 1\nimport os\nif os.fork():\n    while True:\n        pass\n"
+    result = run(sandbox, program, "assert f(1) == 2", wall_s=3.0, cpu_s=1.0)
+    assert not result.passed and result.status == "timeout", (result.status, result.returncode)
+    assert result.returncode != 0
+
+
+def test_a_sandbox_that_cannot_start_raises(sandbox: Sandbox) -> None:
+    # 8 MiB of address space is too little to load the interpreter: no program ran, so no verdict.
+    with pytest.raises(SandboxError, match="could not run the program") as caught:
+        run(sandbox, "x = 1", "assert x == 1", memory_mb=8)
+    assert "\n" not in str(caught.value)
+    # A program that dies with the same exit code is still graded: it did run.
+    died = run(sandbox, "import os\nos._exit(127)", "assert True")
+    assert died.status == "error" and "code 127" in died.error
+    assert run(sandbox, "x = 1", "assert x == 1").passed  # the worker is back in the pool
 
 
 def test_huge_output_is_bounded(sandbox: Sandbox) -> None:

@@ -95,6 +95,9 @@ class CodeVerifier(Verifier):
     ``use_visible=True`` grades on ``problem.visible_tests`` instead, so strategies can
     filter candidates without the hidden tests; with no visible tests that only checks
     that the program runs. The feedback is the error text (traceback tail).
+
+    A sandbox that cannot run the program raises ``SandboxError`` instead of failing the
+    candidate, so a broken sandbox shows as errored queries rather than 0% accuracy.
     """
 
     name = "code"

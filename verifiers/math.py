@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 from math_verify import parse, verify
@@ -14,10 +15,13 @@ if TYPE_CHECKING:
     from ttc.context import QueryContext
 
 
+_MATH_MODE = re.compile(r"(?<!\\)\$")  # an escaped \$ is a currency sign, not a delimiter
+
+
 def _as_latex(answer: str) -> str:
     """math-verify reads LaTeX in math mode; bare numbers parse as they are."""
     answer = answer.strip()
-    if "$" in answer or "\\boxed" in answer:
+    if _MATH_MODE.search(answer) or "\\boxed" in answer:
         return answer
     return f"${answer}$"
 

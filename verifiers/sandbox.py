@@ -31,11 +31,13 @@ Isolation layers, each best-effort (``SandboxResult.layers`` says which took):
    ``setsid``, ``PR_SET_NO_NEW_PRIVS``, parent-death signals, a scrubbed environment,
    isolated interpreters, bounded stdout/stderr (the rest is read and dropped).
 
-A program passes only if the runner reports the nonce after the tests finished, so
-``sys.exit(0)``, ``os._exit(0)`` or a crash before the end never count. The nonce is
-in the runner's memory, so a program that deliberately introspects the harness could
-forge it: the sandbox protects the machine; it cannot make a grade tamper-proof
-against code running in the same interpreter as the tests.
+A program passes only if the runner reports the nonce after the tests finished and then
+exits cleanly itself, so ``sys.exit(0)``, ``os._exit(0)``, a crash before the end, or a
+forked child finishing the tests for a runner that was killed never count. A runner that
+never reached the program (the sandbox itself failed) raises ``SandboxError``: there is
+no verdict to give. The nonce is in the runner's memory, so a program that deliberately
+introspects the harness could forge it: the sandbox protects the machine; it cannot make
+a grade tamper-proof against code running in the same interpreter as the tests.
 """
 
 from __future__ import annotations
@@ -70,9 +72,13 @@ from pydantic import BaseModel, Field
 Status = Literal["pass", "fail", "timeout", "error"]
 
 _HOST_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
-_REPORT_LIMIT = 256 * 1024
+_REPORT_LIMIT = 1 << 20  # the launcher's 64 KiB of runner record can grow 6x as JSON escapes
 _BACKSTOP_GRACE_S = 5.0
 _ERROR_CHARS = 2000
+
+
+class SandboxError(RuntimeError):
+    """The sandbox could not run the program at all: no verdict on the program exists."""
 
 
 class SandboxLimits(BaseModel):
@@ -450,7 +456,11 @@ def _runner_main() -> None:
     os.dup2(null, 0)
     os.close(null)
     # Bound before the program runs, so monkeypatching modules cannot reach the report.
-    write, dumps = os.write, json.dumps
+    write, dumps, getpid = os.write, json.dumps, os.getpid
+    # A child the program forks inherits this harness and fd 3; only this process may report.
+    harness_pid = getpid()
+    # Before any program code: without this line no program ran, so there is nothing to grade.
+    write(3, dumps({"started": nonce}).encode() + b"\n")
 
     class NoSocket(socket.socket):
         def __init__(self, *args: object, **kwargs: object) -> None:
@@ -484,6 +494,8 @@ def _runner_main() -> None:
         except BaseException:
             tail = type(exc).__name__
         record = {"status": "fail" if isinstance(exc, AssertionError) else "error", "error": tail}
+    if getpid() != harness_pid:
+        os._exit(0)
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(BaseException):
             stream.flush()
@@ -555,24 +567,49 @@ def _claim_uids(base: int, count: int) -> list[tuple[int, socket.socket]]:
     return claimed
 
 
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:  # e.g. a real-time signal the program sent itself
+        return f"signal {number}"
+
+
 def _describe_exit(wait_status: int | None) -> str:
     if wait_status is None:
         return "the runner did not start"
     code = os.waitstatus_to_exitcode(wait_status)
     if code < 0:
-        return f"killed by {signal.Signals(-code).name}"
+        return f"killed by {_signal_name(-code)}"
     return f"the program exited (code {code}) before the tests finished"
 
 
-def _parse_record(text: str) -> dict[str, Any]:
-    for line in reversed(text.splitlines()):  # the harness writes last; the program may scribble
-        try:
+def _parse_records(text: str) -> list[dict[str, Any]]:
+    records = []
+    for line in text.splitlines():
+        with contextlib.suppress(ValueError, RecursionError):  # the program may scribble anything on fd 3
             record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            return record
-    return {}
+            if isinstance(record, dict):
+                records.append(record)
+    return records
+
+
+def _is_nonce(value: object, nonce: str) -> bool:
+    # As bytes: compare_digest refuses non-ASCII str, and the program chooses what it writes.
+    return hmac.compare_digest(str(value).encode(), nonce.encode())
+
+
+def _setup_failure(report: dict[str, Any], err: bytes) -> str:
+    """One line on why the runner never reached the program: the launcher's words and the last stderr line."""
+    wait_status = report.get("wait_status")
+    if report.get("setup_error") or wait_status is None:
+        reason = str(report.get("setup_error") or "the runner did not start")
+    else:
+        code = os.waitstatus_to_exitcode(wait_status)
+        how = f"was killed by {_signal_name(-code)}" if code < 0 else f"exited with code {code}"
+        reason = f"the runner {how} before it reached the program"
+    last_err = next((line for line in reversed(err.decode("utf-8", "replace").splitlines()) if line.strip()), "")
+    detail = " ".join(reason.split())[:500] + (f" ({' '.join(last_err.split())[:500]})" if last_err else "")
+    return f"the sandbox could not run the program: {detail}"
 
 
 class Sandbox:
@@ -712,8 +749,17 @@ def _collect(proc: subprocess.Popen[bytes], payload: bytes, report_fd: int, limi
 
 def _result(report: dict[str, Any], nonce: str, limits: SandboxLimits, out: bytes, err: bytes,
             truncated: bool) -> SandboxResult:
-    """Turn the launcher's report into a verdict; only the nonce can make it a pass."""
-    record = _parse_record(report.get("record", ""))
+    """Turn the launcher's report into a verdict; only the nonce and the runner's clean exit make a pass.
+
+    Raises ``SandboxError`` when the runner never got as far as the program (a broken
+    sandbox is not a wrong program).
+    """
+    records = _parse_records(report.get("record", ""))
+    started = any(_is_nonce(r.get("started", ""), nonce) for r in records)
+    if not started and not report.get("timed_out"):
+        raise SandboxError(_setup_failure(report, err))
+    # The harness writes last; the program may scribble before it.
+    record = next((r for r in reversed(records) if "started" not in r), {})
     wait_status = report.get("wait_status")
     returncode = None if wait_status is None else os.waitstatus_to_exitcode(wait_status)
     cpu_s = float(report.get("cpu_s", 0.0))
@@ -722,7 +768,7 @@ def _result(report: dict[str, Any], nonce: str, limits: SandboxLimits, out: byte
     status: Status
     if report.get("timed_out"):
         status, error = "timeout", f"timed out after {limits.wall_s:g}s of wall-clock time"
-    elif record.get("status") == "pass" and hmac.compare_digest(str(record.get("nonce", "")), nonce):
+    elif record.get("status") == "pass" and _is_nonce(record.get("nonce", ""), nonce) and returncode == 0:
         status, error = "pass", ""
     elif out_of_cpu:
         status, error = "timeout", f"timed out after {limits.cpu_s:g}s of CPU time"
