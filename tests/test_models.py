@@ -93,6 +93,30 @@ def test_kv_geometry_reads_hf_configs() -> None:
     assert kv_geometry(nested, "fp8").bytes_per_token == 2 * 2 * 4 * 16 * 1
 
 
+@pytest.mark.parametrize(
+    ("config", "layers", "kv_heads", "head_dim"),
+    [
+        ({"model_type": "gpt2", "n_layer": 12, "n_head": 12, "n_embd": 768}, 12, 12, 64),
+        ({"model_type": "bloom", "n_layer": 30, "n_head": 32, "hidden_size": 4096}, 30, 32, 128),
+        ({"model_type": "mpt", "n_layers": 32, "n_heads": 32, "d_model": 4096}, 32, 32, 128),
+        ({"model_type": "gpt_bigcode", "n_layer": 40, "n_head": 48, "n_embd": 6144, "multi_query": True}, 40, 1, 128),
+        # Falcon-7B: multi-query; Falcon-40B: its new decoder architecture's 8 KV heads
+        ({"model_type": "falcon", "num_hidden_layers": 32, "num_attention_heads": 71, "hidden_size": 4544,
+          "multi_query": True, "new_decoder_architecture": False}, 32, 1, 64),
+        ({"model_type": "falcon", "num_hidden_layers": 60, "num_attention_heads": 128, "hidden_size": 8192,
+          "multi_query": True, "new_decoder_architecture": True, "num_kv_heads": 8}, 60, 8, 64),
+    ],
+)
+def test_kv_geometry_reads_other_families_names(config: dict, layers: int, kv_heads: int, head_dim: int) -> None:
+    kv = kv_geometry(config, "bf16")
+    assert (kv.num_layers, kv.num_kv_heads, kv.head_dim) == (layers, kv_heads, head_dim)
+
+
+def test_a_config_without_a_transformers_shape_is_named_in_one_line() -> None:
+    with pytest.raises(ModelError, match=r"config \(resnet\) has no num_hidden_layers .*num_attention_heads"):
+        kv_geometry({"model_type": "resnet", "hidden_size": 64})
+
+
 def test_fp8_weights_keep_embeddings_16_bit() -> None:
     info = resolve_model(R1_DISTILL_70B)
     embed = 2 * 128_256 * 8192

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from ttc import datasets
 from ttc.backends.base import Backend
+from ttc.models import ModelError
 from ttc.reference import POLICY_PATH, PRM_PATH
 from ttc.registry import BACKENDS, STRATEGIES, VERIFIER_ENGINES, VERIFIERS, ConfigError, check_args, resolve
 from ttc.types import KVGeometry, Problem
@@ -177,7 +178,7 @@ def engine(name: str, model: str, seed: int, **args: Any) -> Backend:
     if key not in _ENGINES:
         try:
             _ENGINES[key] = resolve(BACKENDS, name, "backend")(model=model, seed=seed, **args)
-        except OSError as exc:  # transformers' own words: no such model, or no hub to fetch it from
+        except (OSError, ModelError) as exc:  # transformers' own words (no such model, no hub), or ours
             raise ConfigError(f"model: cannot load {model}: {exc}") from None
     return _ENGINES[key]
 

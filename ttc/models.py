@@ -46,12 +46,35 @@ def dtype_bytes(name: str, auto: str = "bfloat16") -> float:
     return float(_DTYPE_BYTES[key])
 
 
+# Other families' names for the fields ttc reads (GPT-2, BLOOM, MPT, GPTBigCode, Falcon).
+_ALIASES: dict[str, tuple[str, ...]] = {
+    "num_hidden_layers": ("n_layer", "n_layers", "num_layers"),
+    "num_attention_heads": ("n_head", "n_heads", "num_heads"),
+    "hidden_size": ("n_embd", "d_model"),
+    "num_key_value_heads": ("num_kv_heads", "n_head_kv"),
+    "intermediate_size": ("n_inner",),
+}
+_REQUIRED = ("num_hidden_layers", "num_attention_heads", "hidden_size")
+
+
 def _as_dict(config: PretrainedConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """The config's fields under the Llama family's names, checked for what sizing needs."""
     cfg = dict(config) if isinstance(config, Mapping) else config.to_dict()
     # Multimodal checkpoints keep the language model's shape one level down.
     text = cfg.get("text_config")
     if isinstance(text, Mapping) and "num_hidden_layers" not in cfg:
         cfg = {**cfg, **text}
+    for name, others in _ALIASES.items():
+        if cfg.get(name) is None:
+            cfg[name] = next((cfg[o] for o in others if cfg.get(o) is not None), None)
+    # Multi-query attention keeps one KV head (GPTBigCode; Falcon before its new decoder architecture).
+    if cfg.get("multi_query") and not cfg.get("new_decoder_architecture"):
+        cfg["num_key_value_heads"] = 1
+    missing = [k for k in _REQUIRED if cfg.get(k) is None]
+    if missing:
+        kind = cfg.get("model_type") or "unknown type"
+        names = ", ".join(f"{k} ({'/'.join(_ALIASES[k])})" for k in missing)
+        raise ModelError(f"the model's config ({kind}) has no {names}: not a transformer ttc can size")
     return cfg
 
 
