@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, NonNegativeFloat, PositiveInt, StringConstraints
 
 Role = Literal["policy", "verifier"]
 
@@ -27,14 +27,15 @@ class Problem(BaseModel):
 
 
 class GenRequest(BaseModel):
-    """A request for ``n`` continuations of one prompt (text or token ids)."""
+    """A request for ``n`` continuations of one prompt (text or token ids). The bounds are
+    every engine's, checked here so that each backend meets a bad request the same way."""
 
     prompt: str | list[int]
-    n: int = 1
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_tokens: int = 128
-    stop: list[str] = Field(default_factory=list)
+    n: PositiveInt = 1
+    temperature: NonNegativeFloat = 1.0
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+    max_tokens: PositiveInt = 128
+    stop: list[Annotated[str, StringConstraints(min_length=1)]] = Field(default_factory=list)
     seed: int | None = None
     logprobs: bool = False
 

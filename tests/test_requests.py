@@ -1,7 +1,10 @@
-"""Which stop strings an engine may stop at by token id alone, without the text."""
+"""Generation requests: the bounds every backend shares, and which stop strings an engine
+may stop at by token id alone, without the text."""
 
 from __future__ import annotations
 
+import pytest
+from pydantic import ValidationError
 from tokenizers import Tokenizer, models
 from transformers import PreTrainedTokenizerFast
 
@@ -37,3 +40,14 @@ def test_a_stop_that_merged_tokens_also_write_is_found_in_the_text() -> None:
     assert bpe.one_token_stops(["a"]) == [0]  # held by no other token
     params = sampling_kwargs(GenRequest(prompt="a", stop=["\n\n"]), bpe.one_token_stops(["\n\n"]))
     assert params["stop"] == ["\n\n"] and params["stop_token_ids"] is None and params["detokenize"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("n", 0), ("max_tokens", 0), ("temperature", -0.5), ("top_p", 0.0), ("top_p", 1.5), ("stop", [""])],
+)
+def test_a_request_out_of_every_engines_bounds_is_refused_when_made(field: str, value: object) -> None:
+    # Once made, each backend would meet it its own way: an IndexError, empty completions,
+    # one token sampled from nothing, a match of the empty string everywhere.
+    with pytest.raises(ValidationError, match=field):
+        GenRequest(prompt="Q:1+2=?\n", **{field: value})
