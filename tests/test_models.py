@@ -11,6 +11,7 @@ from ttc import models
 from ttc.models import (
     BUILTIN_MODELS,
     ModelError,
+    compute_dtype,
     describe,
     dtype_bytes,
     estimate_params,
@@ -110,6 +111,14 @@ def test_kv_geometry_reads_hf_configs() -> None:
 def test_kv_geometry_reads_other_families_names(config: dict, layers: int, kv_heads: int, head_dim: int) -> None:
     kv = kv_geometry(config, "bf16")
     assert (kv.num_layers, kv.num_kv_heads, kv.head_dim) == (layers, kv_heads, head_dim)
+
+
+def test_model_dtypes_take_their_aliases_and_nothing_else() -> None:
+    assert [compute_dtype(d) for d in ("bf16", "torch.float16", "half", "auto")] == [
+        "bfloat16", "float16", "float16", "auto",
+    ]
+    with pytest.raises(ModelError, match="unknown model dtype 'nn'"):
+        compute_dtype("nn")
 
 
 def test_a_config_without_a_transformers_shape_is_named_in_one_line() -> None:

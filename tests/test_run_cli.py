@@ -47,6 +47,7 @@ def run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
         (["dataset=gsm8k", "dataset.path=/nonexistent/gsm8k.jsonl"], "dataset.path"),
         (["dataset=mbpp", "dataset.split=dev"], "dataset.split"),
         (["model.path=/nonexistent/model"], "model.path"),
+        (["model.dtype=nn"], "model.dtype"),
     ],
 )
 def test_bad_config_fails_fast_with_one_line(tmp_path: Path, args: list[str], key: str) -> None:

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from ttc import datasets
 from ttc.backends.base import Backend
-from ttc.models import ModelError
+from ttc.models import ModelError, compute_dtype
 from ttc.reference import POLICY_PATH, PRM_PATH
 from ttc.registry import BACKENDS, STRATEGIES, VERIFIER_ENGINES, VERIFIERS, ConfigError, check_args, resolve
 from ttc.types import KVGeometry, Problem
@@ -41,6 +41,11 @@ class ModelSpec(BaseModel):
     step_delimiter: str = "\n\n"
     max_model_len: int = 4096
     dtype: str = "auto"
+
+    @field_validator("dtype")
+    @classmethod
+    def _known_dtype(cls, value: str) -> str:
+        return compute_dtype(value)
 
     @field_validator("path", "prm_path")
     @classmethod

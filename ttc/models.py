@@ -35,6 +35,22 @@ _DTYPE_BYTES: dict[str, float] = {
 }  # fmt: skip
 
 
+# The dtypes a model computes in, by the name every engine and torch knows, and their aliases.
+_COMPUTE_DTYPES = {
+    "auto": "auto", "float32": "float32", "fp32": "float32", "float": "float32",
+    "float16": "float16", "fp16": "float16", "half": "float16",
+    "bfloat16": "bfloat16", "bf16": "bfloat16", "float64": "float64", "fp64": "float64", "double": "float64",
+}  # fmt: skip
+
+
+def compute_dtype(name: str) -> str:
+    """A model's compute dtype by its canonical name (``bf16`` -> ``bfloat16``)."""
+    key = str(name).lower().removeprefix("torch.")
+    if key not in _COMPUTE_DTYPES:
+        raise ModelError(f"unknown model dtype {name!r}; allowed: {', '.join(_COMPUTE_DTYPES)}")
+    return _COMPUTE_DTYPES[key]
+
+
 def dtype_bytes(name: str, auto: str = "bfloat16") -> float:
     """Bytes per element of a dtype name; ``auto`` means the model's own dtype (``auto``)."""
     key = str(name).lower().removeprefix("torch.")

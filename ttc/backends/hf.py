@@ -66,11 +66,12 @@ class HFBackend(Backend):
         from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
         from transformers.cache_utils import DynamicLayer
 
-        from ttc.models import kv_geometry
+        from ttc.models import compute_dtype, kv_geometry
 
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        torch_dtype = None if dtype in (None, "auto") else getattr(torch, dtype)
+        name = compute_dtype(dtype or "auto")
+        torch_dtype = None if name == "auto" else getattr(torch, name)
         self.device = device
         self.tokenizer = AutoTokenizer.from_pretrained(model)
         self.model = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype).to(device).eval()
