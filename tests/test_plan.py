@@ -191,6 +191,55 @@ def test_bad_values_fail_with_one_line() -> None:
         make_report(settings(from_run="/nonexistent/run"), resolve_model(R1_DISTILL_70B))
 
 
+def test_a_query_without_tokens_is_one_line(tmp_path: Path) -> None:
+    empty = settings(prompt_tokens=0, thinking_tokens=0, response_tokens=0)
+    with pytest.raises(PlanError, match=r"^plan\.prompt_tokens \+ .*must be positive"):
+        make_report(empty, resolve_model(R1_DISTILL_70B))
+    done = run_cli("plan.prompt_tokens=0", "plan.thinking_tokens=0", "plan.response_tokens=0", out=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "must be positive" in lines[0]
+
+
+FULL_SUMMARY = '{"prompt_tokens": 300, "generated_tokens": 24000, "kv_peak_tokens": 24300}'
+
+
+@pytest.mark.parametrize(
+    ("summary", "config", "needle"),
+    [
+        (FULL_SUMMARY[:40], None, "summary.json is not valid JSON"),  # a run killed while writing it
+        ("[1, 2]", None, "summary.json is not a mapping"),
+        (FULL_SUMMARY.replace(': 300', ': "many"'), None, "prompt_tokens is 'many', not a finite number"),
+        (FULL_SUMMARY.replace("24300", "NaN"), None, "kv_peak_tokens is nan, not a finite number"),
+        (FULL_SUMMARY.replace("}", ', "kv_peak_tokens_unshared": [1]}'), None, "kv_peak_tokens_unshared is [1]"),
+        (FULL_SUMMARY, b"strategy: [unclosed\n", "config.yaml is not valid YAML"),
+        (FULL_SUMMARY, b"\xff\xfe strategy", "config.yaml unreadable"),
+        (FULL_SUMMARY, b"- a list\n", "config.yaml is not a mapping"),
+    ],
+)
+def test_a_damaged_run_is_one_line(tmp_path: Path, summary: str, config: bytes | None, needle: str) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "summary.json").write_text(summary)
+    if config is not None:
+        (run / "config.yaml").write_bytes(config)
+    with pytest.raises(PlanError) as err:
+        make_report(settings(from_run=str(run)), resolve_model(R1_DISTILL_70B))
+    message = str(err.value)
+    assert message.startswith(f"plan.from_run={str(run)!r}: ") and needle in message, message
+    assert "\n" not in message
+
+
+def test_cli_truncated_summary_is_one_line(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "summary.json").write_text(FULL_SUMMARY[:40])
+    done = run_cli(f"plan.from_run={run}", out=tmp_path / "out")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "summary.json is not valid JSON" in lines[0]
+
+
 def test_plan_yaml_defaults_match_the_code() -> None:
     raw = yaml.safe_load((CONFIG_DIR / "plan.yaml").read_text())["plan"]
     assert PlanSettings(**raw) == PlanSettings()

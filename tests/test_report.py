@@ -16,7 +16,7 @@ import yaml
 
 from ttc.report.build import rank
 from ttc.report.cli import main
-from ttc.report.data import Configuration, Inputs, Query
+from ttc.report.data import Configuration, Inputs, Query, load, read_run
 from ttc.report.stats import Point, bootstrap_ci, budget_levels, dominance_layers, matched_compute_scores, pareto_front
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,14 +60,19 @@ def record(qid: str, rng: random.Random, accuracy: float, tokens: float, steps: 
 def make_run(
     run_dir: Path, strategy: dict[str, Any], *, tokens: float, accuracy: float, steps: int = 4, queries: int = 30,
     complete: bool = True, dataset: str = "arith", seed: int = 0, torn: bool = False,
+    settings: dict[str, Any] | None = None,
 ) -> Path:
-    """One run directory: config.yaml, results.jsonl, and summary.json when ``complete``."""
+    """One run directory: config.yaml, results.jsonl, and summary.json when ``complete``.
+
+    ``settings``: config sections (or top-level values) to merge over the defaults."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    config = {
+    config: dict[str, Any] = {
         "backend": {"name": "vllm", "block_size": None}, "model": {"name": "ttc-reference"},
         "strategy": strategy, "dataset": {"name": dataset, "steps": steps, "limit": queries, "seed": 0},
         "verifier": {"name": "auto"}, "seed": seed, "concurrency": 64, "cost": {"usd_per_gpu_hour": 2.9},
     }
+    for key, value in (settings or {}).items():
+        config[key] = config.get(key, {}) | value if isinstance(value, dict) else value
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     rng = random.Random(f"{json.dumps(strategy, sort_keys=True)}/{steps}/{seed}")
     verifier = strategy["name"] in ("beam_search", "mcts")
@@ -250,6 +255,77 @@ def test_configurations_pool_runs_and_label_what_varies(tmp_path: Path) -> None:
     assert row.rstrip(" |").endswith("| 60"), row
 
 
+def accuracy(config: Configuration) -> float:
+    return sum(q.correct for q in config.queries) / len(config.queries)
+
+
+def test_a_setting_outside_the_strategy_makes_its_own_configuration(tmp_path: Path) -> None:
+    beam = GRID[3][0]
+    for aggregate, acc in (("min", 0.3), ("last", 0.9)):
+        make_run(tmp_path / aggregate, beam, tokens=200, accuracy=acc,
+                 settings={"verifier": {"name": "prm", "aggregate": aggregate}})
+    configs = {c.label: c for c in load([tmp_path]).configurations}
+    low, high = (f"beam_search(n=4, width=2) [verifier.aggregate={a}]" for a in ("min", "last"))
+    assert sorted(configs) == sorted([low, high])
+    assert [len(configs[low].queries), len(configs[high].queries)] == [30, 30]  # neither run vanished
+    assert accuracy(configs[low]) < 0.5 < accuracy(configs[high])
+    assert configs[low].family != configs[high].family  # a line each in the plots
+    assert main([str(tmp_path), "--out", str(tmp_path / "out"), "--resamples", "20"]) == 0
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert f"`{low}`" in md and f"`{high}`" in md
+
+
+def test_labels_show_only_the_settings_that_tell_configurations_apart(tmp_path: Path) -> None:
+    cot = GRID[0][0]
+    big = {"name": "big", "path": "org/big", "dtype": "bfloat16", "max_model_len": 4096}
+    make_run(tmp_path / "small", cot, tokens=60, accuracy=0.3)
+    # run mechanics and the sample are pooled: a replicate at another concurrency is the same configuration
+    make_run(tmp_path / "again", cot, tokens=60, accuracy=0.3, seed=1,
+             settings={"concurrency": 8, "progress": False, "dataset": {"limit": 10}})
+    make_run(tmp_path / "big", cot, tokens=60, accuracy=0.6, settings={"model": big})
+    make_run(tmp_path / "big-fp8", cot, tokens=60, accuracy=0.6, settings={"model": big | {"dtype": "fp8"}})
+    configs = {c.label: c for c in load([tmp_path]).configurations}
+    # model.path and model.max_model_len change with the name: the name alone says which model
+    assert sorted(configs) == sorted([
+        "cot [model=ttc-reference, model.dtype=?]", "cot [model=big, model.dtype=bfloat16]",
+        "cot [model=big, model.dtype=fp8]",
+    ])
+    assert len(configs["cot [model=ttc-reference, model.dtype=?]"].runs) == 2
+
+
+def test_a_retried_query_counts_its_success_as_the_runner_does(tmp_path: Path) -> None:
+    from ttc.runner import read_records
+
+    run = make_run(tmp_path / "r", GRID[0][0], tokens=10, accuracy=0.0, queries=3)
+    lines = (run / "results.jsonl").read_text().splitlines()
+    first = json.loads(lines[0])
+    failed = first | {"correct": False, "error": "TimeoutError: engine", "answer": None}
+    retried = first | {"correct": True, "answer": "7"}
+    again = failed | {"error": "TimeoutError: later"}  # a later error does not displace the success
+    (run / "results.jsonl").write_text("\n".join(json.dumps(r) for r in (failed, *map(json.loads, lines[1:]),
+                                                                      retried, again)) + "\n")
+    queries = {q.id: q for q in read_run(run).queries}
+    assert len(queries) == 3
+    assert queries[first["id"]].correct and queries[first["id"]].error is None
+    expected = {r["id"]: (r["correct"], r["error"]) for r in read_records(run / "results.jsonl")}
+    assert {q.id: (q.correct, q.error) for q in queries.values()} == expected
+
+
+def test_non_finite_figures_are_bad_lines(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "r", GRID[0][0], tokens=10, accuracy=0.5, queries=5)
+    lines = (run / "results.jsonl").read_text().splitlines()
+    # json.loads takes all three: NaN, Infinity, and a literal too large for a float
+    for i, (key, value) in enumerate((("generated_tokens", "NaN"), ("gpu_seconds", "Infinity"),
+                                      ("usd", "1e999"))):
+        lines[i] = re.sub(rf'"{key}": [^,]+', f'"{key}": {value}', lines[i])
+    lines[3] = re.sub(r'"generated_tokens": \d+', '"generated_tokens": ' + "9" * 400, lines[3])
+    (run / "results.jsonl").write_text("\n".join(lines) + "\n")
+    inputs = load([run])
+    assert inputs.bad_lines == 4 and len(inputs.configurations[0].queries) == 1
+    assert main([str(run), "--out", str(tmp_path / "out"), "--resamples", "20"]) == 0
+    assert "4 torn or unreadable line(s)" in (tmp_path / "out" / "report.md").read_text()
+
+
 # ---- bad input ----------------------------------------------------------------------------------------------
 
 
@@ -298,6 +374,14 @@ def test_bad_input_exits_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureF
     one_line_error(in_process(capsys, str(tmp_path / "garbled")), "summary.json", "not valid JSON")
     one_line_error(in_process(capsys, str(tmp_path / "garbled"), "--bogus"), "unrecognized arguments")
     one_line_error(in_process(capsys, str(tmp_path / "partial"), "--resamples", "0"), "--resamples")
+
+
+def test_complete_runs_without_records_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = make_run(tmp_path / "sweep" / "r", GRID[0][0], tokens=10, accuracy=0.5)
+    (run / "results.jsonl").write_text("")
+    one_line_error(in_process(capsys, str(tmp_path / "sweep")), "complete runs under", "sweep", "no records")
+    p = cli(str(tmp_path / "sweep"))
+    one_line_error((p.returncode, p.stderr), "no records")
 
 
 def test_mixed_datasets_need_a_choice(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -150,6 +150,11 @@ def given_workload(s: PlanSettings) -> Workload:
     per_chain = s.thinking_tokens + s.response_tokens
     unshared = seqs * (s.prompt_tokens + per_chain)
     shared = s.prompt_tokens + seqs * per_chain
+    if unshared <= 0:  # every figure the planner gives is per query at its KV peak
+        raise PlanError(
+            "plan.prompt_tokens + plan.thinking_tokens + plan.response_tokens: must be positive "
+            "(a query that holds no KV has nothing to plan)"
+        )
     return Workload(
         source="settings",
         prompt_tokens=s.prompt_tokens,
@@ -172,22 +177,48 @@ def _run_sequences(
     return (max(1, round((unshared - peak) / prompt) + 1) if prompt > 0 else 1), "estimate"
 
 
+def _read_run_file(run_dir: str, path: Path) -> Any:
+    """``path`` parsed (JSON or YAML by its suffix); any damage is a one-line PlanError."""
+    where = f"plan.from_run={run_dir!r}: {path.name}"
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError) as err:
+        raise PlanError(f"{where} unreadable ({getattr(err, 'strerror', None) or err})") from None
+    except json.JSONDecodeError as err:
+        raise PlanError(f"{where} is not valid JSON ({err.msg}, line {err.lineno})") from None
+    except yaml.YAMLError as err:
+        raise PlanError(f"{where} is not valid YAML ({str(err).splitlines()[0]})") from None
+    if data is not None and not isinstance(data, dict):
+        raise PlanError(f"{where} is not a mapping")
+    return data or {}
+
+
+def _measured(run_dir: str, summary: Mapping[str, Any], key: str) -> float:
+    value = summary[key]
+    # bool is an int to Python, and NaN or Infinity get through json.loads
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise PlanError(f"plan.from_run={run_dir!r}: summary.json {key} is {value!r}, not a finite number")
+    return float(value)
+
+
 def run_workload(run_dir: str, s: PlanSettings) -> Workload:
     """Measured per-query means from ``<run_dir>/summary.json``; ``strategy.n`` from its config.yaml."""
     run = Path(run_dir).expanduser()
     if not (run / "summary.json").is_file():
         raise PlanError(f"plan.from_run={run_dir!r}: no summary.json there (give a finished run directory)")
-    summary = json.loads((run / "summary.json").read_text())
+    summary = _read_run_file(run_dir, run / "summary.json")
     missing = [k for k in ("prompt_tokens", "generated_tokens", "kv_peak_tokens") if k not in summary]
     if missing:
         raise PlanError(f"plan.from_run={run_dir!r}: summary.json lacks {', '.join(missing)}")
-    prompt, generated = float(summary["prompt_tokens"]), float(summary["generated_tokens"])
-    peak = float(summary["kv_peak_tokens"])
+    prompt, generated = _measured(run_dir, summary, "prompt_tokens"), _measured(run_dir, summary, "generated_tokens")
+    peak = _measured(run_dir, summary, "kv_peak_tokens")
     if peak <= 0:
         raise PlanError(f"plan.from_run={run_dir!r}: kv_peak_tokens is {peak:g}; the run measured nothing")
-    unshared = max(peak, float(summary.get("kv_peak_tokens_unshared") or peak))
+    has_unshared = summary.get("kv_peak_tokens_unshared") is not None
+    unshared = max(peak, _measured(run_dir, summary, "kv_peak_tokens_unshared") if has_unshared else peak)
     config_file = run / "config.yaml"
-    config = (yaml.safe_load(config_file.read_text()) or {}) if config_file.is_file() else {}
+    config = _read_run_file(run_dir, config_file) if config_file.is_file() else {}
     seqs, seqs_from = _run_sequences(s, config, prompt, peak, unshared)
     kept = ("n_queries", "accuracy", "gpu_seconds", "kv_peak_bytes")
     measured = {k: summary[k] for k in kept if k in summary}

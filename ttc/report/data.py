@@ -2,13 +2,16 @@
 
 A run directory holds ``config.yaml``; it is complete once ``summary.json`` exists
 (``ttc.run`` writes it last). Runs that differ only in what they were run on (the
-dataset's difficulty knob, the dataset sample, the seed) are one configuration: their
-queries are pooled, so ``dataset.steps=2,4,8`` sweeps feed the per-difficulty table.
+dataset's difficulty knob, the dataset sample, the seed) or in how they were driven
+(concurrency, progress bar) are one configuration: their queries are pooled, so
+``dataset.steps=2,4,8`` sweeps feed the per-difficulty table. Any other setting that
+differs (the verifier's aggregation, a backend option, ...) makes a configuration of its own.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -26,8 +29,14 @@ FIGURES = (
 # Strategy knobs always in a label; any other strategy key shows only where it varies.
 ALWAYS_SHOWN = ("n", "width", "simulations", "branching")
 SHORT_NAMES = {"simulations": "sims", "branching": "k"}
-# Outside the strategy, these change what is being measured: they join the label when they vary.
-EXTRA_KEYS = (("model", "name"), ("verifier", "name"), ("backend", "name"))
+# Settings pooled over: which problems were posed and how the run was driven, not what answered them.
+POOLED = frozenset({"seed", "concurrency", "cohorts", "progress", "hydra"})
+# dataset.name is one per report (``load``); the rest pick the sample or its difficulty. Keys that
+# change how a problem is posed (arith's ``direct``, mbpp's ``n_visible``) stay apart.
+POOLED_DATASET = frozenset({"name", "steps", "limit", "seed", "shuffle", "path", "split", "max_operand", "max_const"})
+# Any other setting outside the strategy changes what is measured; where it varies it joins the
+# label, these sections' keys first and each section's name before its options.
+SECTION_ORDER = ("model", "verifier", "backend")
 
 
 class ReportError(Exception):
@@ -95,16 +104,19 @@ def load(paths: Iterable[Path], dataset: str | None = None) -> Inputs:
         if not complete:
             found = ", ".join(datasets) or "none"
             raise ReportError(f"no complete runs of dataset {dataset!r} (datasets found: {found})")
+    where = ", ".join(str(p) for p in paths)
     if not complete:
-        where = ", ".join(str(p) for p in paths)
         if incomplete:
             raise ReportError(f"no complete runs under {where}: {len(incomplete)} incomplete (no summary.json yet)")
         raise ReportError(f"no runs (directories with config.yaml and results.jsonl) under {where}")
     names = sorted({r.dataset for r in complete})
     if len(names) > 1:
         raise ReportError(f"runs span several datasets ({', '.join(names)}): pick one with --dataset NAME")
+    configurations = group(complete)
+    if not configurations:
+        raise ReportError(f"complete runs under {where} have no records (results.jsonl empty or unreadable)")
     return Inputs(
-        configurations=group(complete),
+        configurations=configurations,
         incomplete=incomplete,
         skipped=skipped,
         dataset=names[0],
@@ -145,17 +157,26 @@ def read_run(run_dir: Path) -> Run:
         _read_json(summary)  # only its presence matters, but a garbled one means a damaged run
     records, bad = _read_jsonl(run_dir / "results.jsonl")
     steps = (config.get("dataset") or {}).get("steps")
-    queries, seen = [], set()
+    chosen: dict[str, Query] = {}
     for rec in records:
-        qid = str(rec.get("id"))
-        if qid in seen:  # a resumed run never repeats one, but a hand-merged file might
+        query = _query(rec, steps)
+        if query is None:
+            bad += 1
             continue
-        seen.add(qid)
-        queries.append(_query(rec, steps))
-    return Run(path=run_dir, config=config, queries=queries, complete=complete, bad_lines=bad)
+        # A resumed run retries its errored queries and appends the retry, so one id can hold an
+        # error and then a success: keep the first success, else the first error, as
+        # ttc.runner.read_records (and so summary.json) does.
+        seen = chosen.get(query.id)
+        if seen is None or (seen.error is not None and query.error is None):
+            chosen[query.id] = query
+    return Run(path=run_dir, config=config, queries=list(chosen.values()), complete=complete, bad_lines=bad)
 
 
-def _query(rec: dict[str, Any], steps: Any) -> Query:
+def _query(rec: dict[str, Any], steps: Any) -> Query | None:
+    """The record as a query; None when a figure is NaN or infinite, which no finished query measures."""
+    figures = {k: _number(rec.get(k)) for k in FIGURES}
+    if not all(math.isfinite(v) for v in figures.values()):
+        return None
     meta = rec.get("meta") if isinstance(rec.get("meta"), dict) else {}
     difficulty = meta.get("difficulty", steps)
     if not isinstance(difficulty, int | float | str):
@@ -166,14 +187,18 @@ def _query(rec: dict[str, Any], steps: Any) -> Query:
         correct=rec.get("correct") is True,
         error=None if error is None else str(error),
         difficulty=difficulty,
-        figures={k: _number(rec.get(k)) for k in FIGURES},
+        figures=figures,
     )
 
 
 def _number(value: Any) -> float:
+    """A figure as a float: 0 when absent or not a number; inf when too large for one (JSON allows that)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return 0.0
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an integer beyond float range
+        return math.inf
 
 
 def _read_text(path: Path, errors: str = "strict") -> str:
@@ -222,20 +247,22 @@ def _read_jsonl(path: Path) -> tuple[list[dict[str, Any]], int]:
 
 
 def group(runs: list[Run]) -> list[Configuration]:
-    """Pool runs with the same strategy settings (and model, verifier, backend) into configurations."""
+    """Pool runs with the same settings, bar the pooled ones, into configurations."""
     varying = _varying_strategy_keys(runs)
-    extras = [k for k in EXTRA_KEYS if len({_extra(r, k) for r in runs}) > 1]
+    settings = [_settings(run) for run in runs]
+    keys = sorted(set().union(*settings))
+    extras = _distinguishing_keys(runs, settings)
     configs: dict[str, Configuration] = {}
     seen: dict[str, set[tuple[str, Any, str]]] = {}
-    for run in runs:
-        identity = json.dumps([run.strategy, [_extra(run, k) for k in EXTRA_KEYS]], sort_keys=True, default=str)
+    for run, mine in zip(runs, settings, strict=True):
+        identity = _key([run.strategy, [mine.get(k) for k in keys]])
         if identity not in configs:
-            configs[identity] = _configuration(run, varying, extras)
+            configs[identity] = _configuration(run, mine, varying, extras)
             seen[identity] = set()
         config = configs[identity]
         config.runs.append(run.path)
         # The same sweep passed twice, or a copy of a run, must not count its queries twice
-        where = json.dumps(run.config.get("dataset"), sort_keys=True, default=str)
+        where = _key(run.config.get("dataset"))
         for q in run.queries:
             key = (where, run.config.get("seed"), q.id)
             if key not in seen[identity]:
@@ -244,9 +271,61 @@ def group(runs: list[Run]) -> list[Configuration]:
     return [c for c in configs.values() if c.queries]
 
 
-def _extra(run: Run, key: tuple[str, str]) -> str:
-    section = run.config.get(key[0]) or {}
-    return str(section.get(key[1], "?")) if isinstance(section, dict) else "?"
+def _key(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _settings(run: Run) -> dict[str, Any]:
+    """The run's config outside the strategy and the pooled keys, as dotted keys to leaf values."""
+    flat: dict[str, Any] = {}
+    for key, value in run.config.items():
+        if key == "strategy" or key in POOLED:
+            continue
+        if key == "dataset" and isinstance(value, dict):
+            value = {k: v for k, v in value.items() if k not in POOLED_DATASET}
+        _flatten(str(key), value, flat)
+    return flat
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
+    if isinstance(value, dict) and value:
+        for key, inner in value.items():
+            _flatten(f"{prefix}.{key}", inner, out)
+    else:
+        out[prefix] = value
+
+
+def _distinguishing_keys(runs: list[Run], settings: list[dict[str, Any]]) -> list[str]:
+    """The settings the labels show: enough to tell every two configurations apart, and no more.
+
+    A sweep over ``model=a,b`` changes the model's path, dtype, context length... along with its
+    name; the name alone tells them apart, so the labels show only ``model=...``."""
+    keys = set().union(*settings)
+    varying = [k for k in keys if len({_key(s.get(k)) for s in settings}) > 1]
+
+    def classes(shown: list[str]) -> int:
+        return len({_key([r.strategy, [s.get(k) for k in shown]]) for r, s in zip(runs, settings, strict=True)})
+
+    shown: list[str] = []
+    count = classes(shown)
+    for key in sorted(varying, key=_priority):
+        # A key that splits no class so far is implied by the keys already shown
+        if (more := classes([*shown, key])) > count:
+            shown.append(key)
+            count = more
+    return shown
+
+
+def _priority(key: str) -> tuple[int, str, bool, str]:
+    section, _, rest = key.partition(".")
+    rank = SECTION_ORDER.index(section) if section in SECTION_ORDER else len(SECTION_ORDER)
+    return rank, section, rest != "name", rest
+
+
+def _shown(key: str, settings: dict[str, Any]) -> str:
+    # A section's name stands for the section, as on the command line: verifier=prm
+    name = key.removesuffix(".name") if key.count(".") == 1 else key
+    return f"{name}={_fmt(settings[key]) if key in settings else '?'}"
 
 
 def _varying_strategy_keys(runs: list[Run]) -> dict[str, set[str]]:
@@ -263,7 +342,9 @@ def _varying_strategy_keys(runs: list[Run]) -> dict[str, set[str]]:
     return varying
 
 
-def _configuration(run: Run, varying: dict[str, set[str]], extras: list[tuple[str, str]]) -> Configuration:
+def _configuration(
+    run: Run, settings: dict[str, Any], varying: dict[str, set[str]], extras: list[str]
+) -> Configuration:
     strategy = run.strategy
     name = str(strategy["name"])
     shown = [k for k in ALWAYS_SHOWN if k in strategy]
@@ -271,7 +352,7 @@ def _configuration(run: Run, varying: dict[str, set[str]], extras: list[tuple[st
     # select first: it changes what a knob means more than the sampling settings do
     shown += sorted(rest, key=lambda k: (k != "select", k))
     params = ", ".join(f"{SHORT_NAMES.get(k, k)}={_fmt(strategy.get(k))}" for k in shown)
-    suffix = ", ".join(f"{section}={_extra(run, (section, key))}" for section, key in extras)
+    suffix = ", ".join(_shown(key, settings) for key in extras)
     family = f"{name} [{suffix}]" if suffix else name
     label = f"{name}({params})" if params else name
     return Configuration(label=f"{label} [{suffix}]" if suffix else label, family=family, params=params)
