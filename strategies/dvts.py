@@ -42,5 +42,5 @@ class DVTS(Strategy):
         return True
 
     async def solve(self, ctx: QueryContext) -> Answer:
-        trees = await asyncio.gather(*(self.beam.search(ctx) for _ in range(self.subtrees)))
+        trees = await asyncio.gather(*(self.beam.search(ctx.branch("subtree", i)) for i in range(self.subtrees)))
         return pick(ctx, [n for tree in trees for n in tree], self.select)

@@ -121,6 +121,23 @@ def test_dvts_runs_independent_subtrees() -> None:
     assert sum(r.n for r in first) == 8 * len(PROBLEMS)  # N/M roots of M children, every query
 
 
+def test_dvts_subtrees_sample_the_same_whatever_order_their_calls_reach_the_engine(monkeypatch) -> None:
+    import strategies.dvts
+
+    async def solve() -> list[str]:
+        b = ScriptedBackend(p_correct=0.5)
+        answer = await DVTS(n=8, width=4, verifier=PRMVerifier(b)).solve(QueryContext(PROBLEMS[1], b, seed=5))
+        return [c.completion for c in answer.candidates]
+
+    async def reversed_gather(*coros):  # the subtrees one after another, the last first
+        out = [await c for c in reversed(coros)]
+        return out[::-1]
+
+    together = asyncio.run(solve())
+    monkeypatch.setattr(strategies.dvts.asyncio, "gather", reversed_gather)
+    assert asyncio.run(solve()) == together
+
+
 def test_mcts_expands_several_leaves_per_wave_in_one_batch() -> None:
     b = ScriptedBackend(p_correct=0.5)
     mcts = MCTS(simulations=24, branching=3, parallel=3, verifier=PRMVerifier(b))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import itertools
 from typing import Any
@@ -22,7 +23,9 @@ class QueryContext:
 
     Every request goes through here so it is accounted. Requests without a seed
     get one derived from the run seed, the query and the request's position in
-    the strategy's (deterministic) sequence of calls, so a rerun repeats.
+    the strategy's sequence of calls, so a rerun repeats. Branches that run
+    concurrently (DVTS's subtrees) each take a ``branch`` of the context: their
+    calls reach the engine in whatever order batches finish, so each counts its own.
     """
 
     def __init__(
@@ -43,9 +46,18 @@ class QueryContext:
         self.ledger = ledger or Ledger(backend.kv, backend.block_size)
         self.trace: list[dict[str, Any]] = []
         self._calls = itertools.count()
+        self._scope: tuple[object, ...] = ()
 
     def seed_for(self, *branch: object) -> int:
-        return derive_seed(self.seed, self.problem.id, *branch)
+        return derive_seed(self.seed, self.problem.id, *self._scope, *branch)
+
+    def branch(self, *key: object) -> QueryContext:
+        """This query as one of its concurrent branches sees it: the same engines, ledger and
+        trace, with seeds of its own (``key`` names the branch)."""
+        view = copy.copy(self)
+        view._scope = (*self._scope, *key)
+        view._calls = itertools.count()
+        return view
 
     def encode(self, text: str) -> list[int]:
         """Prompt token ids (with the model's special prefix tokens)."""
