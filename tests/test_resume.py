@@ -27,6 +27,29 @@ def test_torn_tail_is_cut_and_ignored(tmp_path: Path) -> None:
     assert [r["x"] for r in read_records(f)] == [1, 2]  # a duplicate never counts twice
     f.write_text('{"id": "a", "error": "boom"}\n{"id": "a", "error": null, "x": 3}\n')
     assert read_records(f) == [{"id": "a", "error": None, "x": 3}]  # a rerun's success replaces an error
+    f.write_text('[]\n{"x": 1}\n{"id": "a", "x": 4}\n')
+    assert read_records(f) == [{"id": "a", "x": 4}]  # lines that are no record of ours are skipped
+
+
+def test_every_query_is_written_though_its_metadata_is_not_json(tmp_path: Path) -> None:
+    import asyncio
+    import datetime
+
+    from strategies import BestOfN
+    from tests.fakes import ScriptedBackend
+    from ttc.datasets import arith_problems
+    from ttc.runner import run_queries
+
+    async def grade(problem, answer) -> bool:
+        return answer.answer == problem.answer
+
+    problems = arith_problems(limit=4, steps=2, seed=1)
+    problems[2].meta["added"] = datetime.date(2026, 11, 30)  # what a hub dataset's column may hold
+    f = tmp_path / "results.jsonl"
+    records = asyncio.run(run_queries(problems, BestOfN(n=2), ScriptedBackend(), grade, results_path=f,
+                                      progress=False))
+    assert len(records) == 4
+    assert {r["id"]: r["meta"].get("added") for r in read_records(f)}[problems[2].id] == "2026-11-30"
 
 
 @pytest.mark.engine

@@ -43,6 +43,8 @@ def read_records(path: Path) -> list[dict[str, Any]]:
             rec = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if not isinstance(rec, dict) or "id" not in rec:  # not a record of ours: a hand-edited file
+            continue
         seen = records.get(rec["id"])
         if seen is None or (seen.get("error") is not None and rec.get("error") is None):
             records[rec["id"]] = rec
@@ -125,8 +127,8 @@ async def run_queries(
                 record.update(answer=None, correct=False, error=f"{type(exc).__name__}: {exc}")
             record.update(ledger.summary(usd_per_gpu_hour), wall_seconds=time.perf_counter() - t0)
             records.append(record)
-            if sink:
-                sink.write(json.dumps(record) + "\n")
+            if sink:  # a dataset's own metadata may hold what JSON cannot: written as text
+                sink.write(json.dumps(record, default=str) + "\n")
                 sink.flush()
             tokens[0] += record["generated_tokens"]
             bar.update(1)
@@ -137,9 +139,15 @@ async def run_queries(
             )
 
     try:
-        await asyncio.gather(*(one(p, i % max(1, cohorts)) for i, p in enumerate(todo)))
+        # Every query finishes and is written before a failure of one (outside its own
+        # try: the bookkeeping) is raised: the sink closes only once all are done.
+        outcomes = await asyncio.gather(*(one(p, i % max(1, cohorts)) for i, p in enumerate(todo)),
+                                        return_exceptions=True)
     finally:
         bar.close()
         if sink:
             sink.close()
+    failure = next((o for o in outcomes if isinstance(o, BaseException)), None)
+    if failure is not None:
+        raise failure
     return records
