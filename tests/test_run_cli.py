@@ -40,6 +40,9 @@ def run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
         (["backend=sglang", "backend.cpu_cores=0|1"], "backend.cpu_cores"),  # one set: it binds processes
         (["backend=hf", "backend.max_num_seqs=0"], "backend.max_num_seqs"),
         (["backend=hf", "backend.prefix_cache_gib=-1"], "backend.prefix_cache_gib"),
+        # before any engine starts: vLLM would refuse it in a traceback
+        (["model.max_model_len=4096"], "max_model_len=4096 exceeds the model's 1024 positions"),
+        (["backend=hf", "model.max_model_len=4096"], "max_model_len=4096 exceeds the model's 1024 positions"),
         (["strategy=mcts", "strategy.simulations=0"], "strategy.simulations"),
         (["strategy=cot", "strategy.top_p=1.5"], "strategy.top_p"),
         # a rule between two arguments, found before any engine starts

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from ttc import datasets
 from ttc.backends.base import Backend
-from ttc.models import ModelError, compute_dtype
+from ttc.models import ModelError, check_context, compute_dtype
 from ttc.reference import POLICY_PATH, PRM_PATH
 from ttc.registry import BACKENDS, STRATEGIES, VERIFIER_ENGINES, VERIFIERS, ConfigError, check_args, resolve
 from ttc.types import KVGeometry, Problem
@@ -182,9 +182,13 @@ def engine(name: str, model: str, seed: int, **args: Any) -> Backend:
     key = (name, model, seed, tuple(sorted((k, repr(v)) for k, v in args.items())))
     if key not in _ENGINES:
         try:
+            if args.get("max_model_len"):  # every engine refuses it; vLLM in a traceback
+                check_context(model, args["max_model_len"])
             _ENGINES[key] = resolve(BACKENDS, name, "backend")(model=model, seed=seed, **args)
-        except (OSError, ModelError) as exc:  # transformers' own words (no such model, no hub), or ours
+        except OSError as exc:  # transformers' own words: no such model, or no hub to fetch it from
             raise ConfigError(f"model: cannot load {model}: {exc}") from None
+        except ModelError as exc:
+            raise ConfigError(f"model: {exc}") from None
     return _ENGINES[key]
 
 

@@ -51,6 +51,17 @@ def compute_dtype(name: str) -> str:
     return _COMPUTE_DTYPES[key]
 
 
+def check_context(model: str, max_model_len: int) -> int | None:
+    """The model's positions, after refusing a context longer than they are (as vLLM does),
+    from its config alone: before any engine loads the weights."""
+    from transformers import AutoConfig
+
+    positions = getattr(AutoConfig.from_pretrained(model).get_text_config(), "max_position_embeddings", None)
+    if max_model_len and positions and max_model_len > positions:
+        raise ModelError(f"max_model_len={max_model_len} exceeds the model's {positions} positions")
+    return positions
+
+
 def dtype_bytes(name: str, auto: str = "bfloat16") -> float:
     """Bytes per element of a dtype name; ``auto`` means the model's own dtype (``auto``)."""
     key = str(name).lower().removeprefix("torch.")

@@ -66,17 +66,17 @@ class HFBackend(Backend):
         from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
         from transformers.cache_utils import DynamicLayer
 
-        from ttc.models import compute_dtype, kv_geometry
+        from ttc.models import check_context, compute_dtype, kv_geometry
 
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         name = compute_dtype(dtype or "auto")
         torch_dtype = None if name == "auto" else getattr(torch, name)
         self.device = device
+        self.max_model_len = max_model_len or check_context(model, max_model_len or 0)
         self.tokenizer = AutoTokenizer.from_pretrained(model)
         self.model = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype).to(device).eval()
         cfg = self.model.config
-        self.max_model_len = max_model_len or getattr(cfg, "max_position_embeddings", None)
         bytes_ = torch.finfo(self.model.dtype).bits / 8
         self.kv = kv_geometry(cfg, "auto").model_copy(update={"dtype_bytes": bytes_})
         self.seed = seed
