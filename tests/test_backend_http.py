@@ -236,12 +236,21 @@ def test_a_killed_replica_loses_nothing_and_a_rerun_completes(replicas: Any, tmp
 
 
 def _mock_backend(handler: Any, **kw: Any) -> Any:
+    """Two replicas behind ``handler``, which sees the POSTs; the probe at start finds a server
+    that lists one model and has nothing else (no /metrics, no batch route)."""
     from ttc.backends.http import HTTPBackend
 
+    def serve(request: Any) -> Any:
+        if request.method == "GET":
+            listing = {"data": [{"id": "policy"}]}
+            return httpx.Response(200, json=listing) if request.url.path == "/v1/models" else httpx.Response(404)
+        return handler(request)
+
+    class Mocked(HTTPBackend):
+        _transport = httpx.MockTransport(serve)
+
     kw.setdefault("backoff_s", 0.001)
-    b = HTTPBackend(str(POLICY_PATH), endpoints=["http://replica-a", "http://replica-b"], **kw)
-    b._transport = httpx.MockTransport(handler)
-    return b
+    return Mocked(str(POLICY_PATH), endpoints=["http://replica-a", "http://replica-b"], **kw)
 
 
 def _completion(ids: list[int]) -> dict[str, Any]:

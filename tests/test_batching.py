@@ -3,7 +3,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import pytest
 
-from ttc.backends.base import EngineUnavailable
+from ttc.backends.base import BackendError, EngineUnavailable
 from ttc.backends.batching import COHORT, MicroBatcher, OnItsOwn
 
 
@@ -184,3 +184,32 @@ def test_run_queries_deals_queries_into_cohorts_that_batches_never_mix(cohorts: 
 def test_max_batch_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_batch"):
         MicroBatcher(lambda jobs, i: list(jobs), max_batch=0)
+
+
+async def test_a_batch_function_with_too_few_results_fails_its_callers_instead_of_hanging() -> None:
+    def short(jobs: Sequence[int], batch_id: int) -> list[int]:
+        return list(jobs)[:-1]
+
+    b: MicroBatcher[int, int] = MicroBatcher(short)
+    outs = await asyncio.wait_for(asyncio.gather(b.submit([1]), b.submit([2]), return_exceptions=True), timeout=5)
+    assert all(isinstance(o, BackendError) for o in outs), outs
+    assert "short" in str(outs[0]) and "0 results for 1 jobs" in str(outs[0])
+
+
+async def test_a_drainer_that_dies_leaves_no_caller_waiting() -> None:
+    started = asyncio.Event()
+
+    async def slow(jobs: Sequence[int], batch_id: int) -> list[int]:
+        started.set()
+        await asyncio.sleep(60)
+        return list(jobs)
+
+    b: MicroBatcher[int, int] = MicroBatcher(slow)
+    call = asyncio.ensure_future(b.submit([1]))
+    await asyncio.wait_for(started.wait(), timeout=5)
+    later = asyncio.ensure_future(b.submit([2]))  # waiting for the next batch when the drainer dies
+    await asyncio.sleep(0)
+    assert b._drainer is not None
+    b._drainer.cancel()
+    done, _ = await asyncio.wait([call, later], timeout=5)
+    assert done == {call, later} and all(t.cancelled() for t in done)

@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from typing import Generic, TypeVar
 
-from ttc.backends.base import EngineUnavailable
+from ttc.backends.base import BackendError, EngineUnavailable
 
 J = TypeVar("J")
 R = TypeVar("R")
@@ -68,44 +68,74 @@ class MicroBatcher(Generic[J, R]):
 
     async def _run(self, jobs: Sequence[J]) -> list[R]:
         if inspect.iscoroutinefunction(self._run_batch):
-            return await self._run_batch(jobs, next(self._ids))
-        return await asyncio.to_thread(self._run_batch, jobs, next(self._ids))  # type: ignore[arg-type]
+            results = await self._run_batch(jobs, next(self._ids))
+        else:
+            results = await asyncio.to_thread(self._run_batch, jobs, next(self._ids))  # type: ignore[arg-type]
+        if len(results) != len(jobs):  # a bug in run_batch: pairing results with jobs would misattribute them
+            name = getattr(self._run_batch, "__qualname__", repr(self._run_batch))
+            raise BackendError(f"{name} returned {len(results)} results for {len(jobs)} jobs (one each expected)")
+        return list(results)
 
     async def _drain(self) -> None:
-        while self._pending:
-            await self._settle()
-            cut = len(self._pending) if self.max_batch is None else self.max_batch
-            cohort = self._pending[0][2]
-            batch: list[tuple[J, asyncio.Future[R], int]] = []
-            rest: list[tuple[J, asyncio.Future[R], int]] = []
-            for item in self._pending:
-                (batch if item[2] == cohort and len(batch) < cut else rest).append(item)
-            self._pending = rest
-            jobs = [j for j, _, _ in batch]
-            try:
-                results = await self._run(jobs)
-            except EngineUnavailable as exc:  # no engine to run any of them: rerunning one by one won't help
-                for _, fut, _ in batch:
-                    if not fut.done():
-                        fut.set_exception(exc)
-                continue
-            except Exception:
-                results = None
-            if results is not None:
-                for (_, fut, _), res in zip(batch, results, strict=True):
-                    if not fut.done():
-                        fut.set_result(res)
-                continue
-            # One bad request must not fail its batch-mates: rerun them one by one.
-            for job, fut, _ in batch:
-                try:
-                    (res,) = await self._run([job])
-                except Exception as exc:
-                    if not fut.done():
-                        fut.set_exception(exc)
+        batch: list[tuple[J, asyncio.Future[R], int]] = []
+        try:
+            while self._pending:
+                await self._settle()
+                batch = self._take()
+                await self._serve(batch)
+                batch = []
+        except BaseException as exc:
+            # Whatever ended the drainer (a cancelled task, a bug here), no caller may wait
+            # forever on a request it held or that was waiting for it.
+            stranded, self._pending = [*batch, *self._pending], []
+            cancelled = isinstance(exc, asyncio.CancelledError)
+            for _, fut, _ in stranded:
+                if fut.done():
+                    continue
+                if cancelled:
+                    fut.cancel()
                 else:
-                    if not fut.done():
-                        fut.set_result(res)
+                    fut.set_exception(exc)
+            if not isinstance(exc, Exception):  # an Exception is now its callers' to see; the rest go on up
+                raise
+
+    def _take(self) -> list[tuple[J, asyncio.Future[R], int]]:
+        """The next batch: the longest-waiting request's cohort, up to ``max_batch``."""
+        cut = len(self._pending) if self.max_batch is None else self.max_batch
+        cohort = self._pending[0][2]
+        batch: list[tuple[J, asyncio.Future[R], int]] = []
+        rest: list[tuple[J, asyncio.Future[R], int]] = []
+        for item in self._pending:
+            (batch if item[2] == cohort and len(batch) < cut else rest).append(item)
+        self._pending = rest
+        return batch
+
+    async def _serve(self, batch: list[tuple[J, asyncio.Future[R], int]]) -> None:
+        """Run one batch and settle each request's future."""
+        try:
+            results = await self._run([j for j, _, _ in batch])
+        except EngineUnavailable as exc:  # no engine to run any of them: rerunning one by one won't help
+            for _, fut, _ in batch:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        except Exception:
+            pass
+        else:
+            for (_, fut, _), res in zip(batch, results, strict=True):
+                if not fut.done():
+                    fut.set_result(res)
+            return
+        # One bad request must not fail its batch-mates: rerun them one by one.
+        for job, fut, _ in batch:
+            try:
+                (res,) = await self._run([job])
+            except Exception as exc:
+                if not fut.done():
+                    fut.set_exception(exc)
+            else:
+                if not fut.done():
+                    fut.set_result(res)
 
 
 class OnItsOwn(Generic[J, R]):

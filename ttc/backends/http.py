@@ -5,7 +5,9 @@ server's prefix cache exactly as the strategy built it. Stop strings stay in the
 output (vLLM ``include_stop_str_in_output``, SGLang ``no_stop_trim``), as with the
 in-process engines. Several ``endpoints`` (replicas of one model) share the load
 by least outstanding tokens; a request that meets a dead replica, a 429 or a 503
-is retried with exponential backoff, on another replica where there is one.
+is retried with exponential backoff, on another replica where there is one. One
+that the server took and did not answer within ``timeout_s`` is not: the server
+may still be computing it.
 
 Whole engine batches go in one POST, as in process, where the server takes them: SGLang's
 ``/generate`` takes lists (the in-process SGLang backend's own batches,
@@ -29,9 +31,10 @@ import math
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import PositiveInt
 
@@ -50,12 +53,14 @@ from ttc.backends.sglang import (
 )
 from ttc.backends.vllm import sampling_kwargs
 from ttc.backends.vllm_route import PATH as ROUTE_PATH
+from ttc.registry import ConfigError
 from ttc.types import Completion, GenRequest, GenResult, ScoreRequest, ScoreResult
 
 Api = Literal["openai", "sglang"]
 J = TypeVar("J")
 T = TypeVar("T")
-RETRY_STATUS = {429, 500, 502, 503, 504}
+# The server did not take the request. A 500, or a proxy's 502 or 504, may come after it did.
+RETRY_STATUS = {429, 503}
 SCORE = {"max_tokens": 1, "temperature": 0.0, "detokenize": False}  # the batch route's settings for a score
 
 
@@ -104,11 +109,32 @@ class Endpoint:
 
 
 class ServerError(Exception):
-    """A retryable failure of one endpoint (dropped connection, 429, 5xx)."""
+    """A retryable answer of one endpoint (429, 503)."""
+
+
+class NoEndpoint(EngineUnavailable, ConfigError):
+    """No endpoint to talk to (none, a malformed URL, none answering at start). The config is
+    what to fix, so ``ttc.run`` says it in one line, as its other config errors."""
+
+
+class ServerTimeout(EngineUnavailable):
+    """A request the server took and did not answer in time. Final: the server may still be
+    computing it, so neither ``_post`` nor a ``MicroBatcher`` (job by job) sends it again."""
+
+
+@dataclass
+class LoopClient:
+    """The HTTP client of one event loop (each ``asyncio.run`` has its own) and what closes it."""
+
+    loop: asyncio.AbstractEventLoop
+    client: Any  # httpx.AsyncClient
+    limit: asyncio.Semaphore
+    closer: AsyncGenerator[None, None]
 
 
 class HTTPBackend(Backend):
     name = "http"
+    _transport: Any = None  # tests put an httpx.MockTransport here (on a subclass: the probe uses it too)
 
     def __init__(
         self,
@@ -144,7 +170,11 @@ class HTTPBackend(Backend):
         from ttc.models import kv_geometry
 
         if not endpoints:
-            raise BackendError("http backend: endpoints is empty")
+            raise NoEndpoint("endpoints: empty; give the servers' URLs, e.g. [http://127.0.0.1:8000]")
+        for url in endpoints:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise NoEndpoint(f"endpoints: {url!r} is not an http(s) URL with a host, e.g. http://127.0.0.1:8000")
         self.api: Api = api
         self.endpoints = [Endpoint(u.rstrip("/")) for u in endpoints]
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer or model)
@@ -155,8 +185,7 @@ class HTTPBackend(Backend):
         self.timeout_s, self.max_retries, self.backoff_s = timeout_s, max_retries, backoff_s
         self.gpu_seconds_source = "client_busy_time"
         self._batch_ids = itertools.count(1)
-        self._loop_state: tuple[asyncio.AbstractEventLoop, Any, asyncio.Semaphore] | None = None
-        self._transport: Any = None  # tests put an httpx.MockTransport here
+        self._loop_state: LoopClient | None = None
         self._label_reads = True  # vLLM's logprob_token_ids; off once a server ignores or refuses it
         self._labels: MicroBatcher[tuple[list[int], int], ScoreResult] = MicroBatcher(self._label_batch, max_batch)
         info = self._probe(served_model_name)
@@ -180,42 +209,35 @@ class HTTPBackend(Backend):
 
     # -- discovery -----------------------------------------------------------------------
     def _probe(self, served_model_name: str | None) -> dict[str, Any]:
-        """Model name, context length and cache block from the first endpoint that answers:
-        vLLM exports its block size in ``/metrics``, SGLang its page size in ``/get_server_info``."""
+        """Model name, context length and cache block from the first endpoint that answers
+        (replicas of one model: the others may be down). None answering is an error now: each
+        request would otherwise fail only after all its retries."""
         import httpx
 
+        errors = []
         for ep in self.endpoints:
             try:
-                with httpx.Client(base_url=ep.url, timeout=10.0) as client:
-                    models = client.get("/v1/models").json().get("data") or [{}]
-                    card = next((m for m in models if m.get("id") == served_model_name), models[0])
-                    info = {"model": card.get("id"), "max_model_len": card.get("max_model_len")}
-                    metrics = client.get("/metrics")
-                    info["block_size"] = vllm_block_size(metrics.text) if metrics.is_success else None
-                    route = client.get(ROUTE_PATH)
-                    info["route"] = route.is_success and route.json().get("route") == ROUTE_PATH
-                    server = client.get("/get_server_info")
-                    if info["block_size"] is None and server.is_success:
-                        facts = server.json()
-                        info["block_size"] = facts.get("page_size")
-                        info["max_model_len"] = info["max_model_len"] or facts.get("context_length")
-                    return info
-            except (httpx.HTTPError, ValueError):
-                continue
-        return {}
+                with httpx.Client(base_url=ep.url, timeout=10.0, transport=self._transport) as client:
+                    return probe(client, served_model_name)
+            except (httpx.HTTPError, ValueError) as exc:
+                errors.append(f"{ep.url} ({type(exc).__name__}: {' '.join(str(exc).split())})")
+        raise NoEndpoint(f"endpoints: no server answered: {'; '.join(errors)}")
 
     # -- transport -------------------------------------------------------------------------
-    def _state(self) -> tuple[Any, asyncio.Semaphore]:
+    async def _state(self) -> tuple[Any, asyncio.Semaphore]:
         """The client and concurrency limit of the running event loop (each ``asyncio.run`` has its own)."""
         import httpx
 
         loop = asyncio.get_running_loop()
-        if self._loop_state is None or self._loop_state[0] is not loop:
+        if self._loop_state is None or self._loop_state.loop is not loop:
+            self.close()
             limits = httpx.Limits(max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency)
             timeout = httpx.Timeout(self.timeout_s, connect=min(10.0, self.timeout_s))
             client = httpx.AsyncClient(limits=limits, timeout=timeout, transport=self._transport)
-            self._loop_state = (loop, client, asyncio.Semaphore(self.max_concurrency))
-        return self._loop_state[1], self._loop_state[2]
+            closer = closed_with_its_loop(client)
+            self._loop_state = LoopClient(loop, client, asyncio.Semaphore(self.max_concurrency), closer)
+            await anext(closer)
+        return self._loop_state.client, self._loop_state.limit
 
     def _pick(self, avoid: Endpoint | None, prefer: Endpoint | None = None) -> Endpoint:
         """``prefer`` if it is up, else the live endpoint with the fewest outstanding tokens, other
@@ -233,7 +255,7 @@ class HTTPBackend(Backend):
         """POST with retries; the parsed body and this request's device-seconds on the server that answered."""
         import httpx
 
-        client, limit = self._state()
+        client, limit = await self._state()
         last: Exception | None = None
         failed: Endpoint | None = None
         spent = 0.0  # device time of failed attempts is spent all the same
@@ -252,11 +274,18 @@ class HTTPBackend(Backend):
                     if resp.status_code >= 400:
                         raise BackendError(f"{ep.url}{path}: HTTP {resp.status_code}: {resp.text[:300]}")
                     body = resp.json()
+                except httpx.ReadTimeout as exc:
+                    ep.errors += 1
+                    raise ServerTimeout(
+                        f"{ep.url}{path}: no answer within timeout_s={self.timeout_s:g} s (not resent: the server may "
+                        "still be computing it); raise the backend's timeout_s for requests this long"
+                    ) from exc
                 except (httpx.TransportError, ServerError) as exc:
                     last, failed = exc, ep
                     ep.failures += 1
                     ep.errors += 1
-                    # A refused or dropped connection means the replica is gone for a while; 429/503 only busy.
+                    # A refused or dropped connection (before any answer) means the replica is gone for a
+                    # while; 429/503 only busy. Either way it did not compute the request: safe to resend.
                     pause = self.backoff_s * 2 ** min(ep.failures, 6)
                     ep.down_until = time.monotonic() + (pause if isinstance(exc, httpx.TransportError) else 0.0)
                     continue
@@ -499,7 +528,66 @@ class HTTPBackend(Backend):
         return account(jobs, outs, dict(zip(map(tuple, shared), warm, strict=True)), seconds + more, batch_id)
 
     def close(self) -> None:
-        self._loop_state = None
+        """Close the client on the loop that owns it: now if that loop is idle, soon if it runs.
+        A closed loop closed it as it shut down (``closed_with_its_loop``); an idle loop while
+        another runs here closes it when it next runs (asyncio finalizes the dropped closer there)."""
+        state, self._loop_state = self._loop_state, None
+        if state is None or state.loop.is_closed():
+            return
+        if state.loop.is_running():
+            asyncio.run_coroutine_threadsafe(state.closer.aclose(), state.loop)
+        elif not loop_running_here():
+            state.loop.run_until_complete(state.closer.aclose())
+
+
+async def closed_with_its_loop(client: Any) -> AsyncGenerator[None, None]:
+    """Waits at its ``yield`` for the loop's life. The loop holds it, and as it shuts down
+    (``asyncio.run``: ``shutdown_asyncgens``) resumes it, to close the client's keep-alive
+    connections on the loop that owns them; ``HTTPBackend.close`` resumes it sooner."""
+    try:
+        yield
+    finally:
+        await client.aclose()
+
+
+def loop_running_here() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def probe(client: Any, served_model_name: str | None) -> dict[str, Any]:
+    """What one server says of itself: vLLM exports its block size in ``/metrics``, SGLang its
+    page size in ``/get_server_info``. ValueError: it answered, but not as either does."""
+    models = client.get("/v1/models")
+    try:
+        listing = models.json() if models.is_success else {}  # a server without the listing: no card
+    except ValueError:
+        listing = None
+    cards = (listing.get("data") or []) if isinstance(listing, dict) else None
+    if not isinstance(cards, list) or not all(isinstance(c, dict) for c in cards):
+        raise ValueError(f"/v1/models answered {models.text[:200]!r}, not an OpenAI model list")
+    card = next((m for m in cards if m.get("id") == served_model_name), cards[0] if cards else {})
+    info = {"model": card.get("id"), "max_model_len": card.get("max_model_len")}
+    metrics = client.get("/metrics")
+    info["block_size"] = vllm_block_size(metrics.text) if metrics.is_success else None
+    info["route"] = json_object(client.get(ROUTE_PATH)).get("route") == ROUTE_PATH
+    if info["block_size"] is None:
+        facts = json_object(client.get("/get_server_info"))
+        info["block_size"] = facts.get("page_size")
+        info["max_model_len"] = info["max_model_len"] or facts.get("context_length")
+    return info
+
+
+def json_object(resp: Any) -> dict[str, Any]:
+    """A successful answer's JSON object; {} for anything else (a route or page the server lacks)."""
+    try:
+        body = resp.json() if resp.is_success else {}
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
 
 
 async def every_part(parts: Iterable[Awaitable[T]]) -> list[T]:
