@@ -100,6 +100,28 @@ def test_default_job_runs_and_resumes(tmp_path: Path) -> None:
     again = run("dataset.limit=6", "strategy=best_of_n", "strategy.n=4", f"hydra.run.dir={tmp_path}")
     assert "complete already" in again.stdout
     assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 6
+    # A query that failed (an engine gone, a sandbox broken) is retried by the next run, alone.
+    records[2].update(error="EngineUnavailable: gone", correct=False)
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (tmp_path / "summary.json").write_text(json.dumps({**summary, "errors": 1}))
+    retried = run("dataset.limit=6", "strategy=best_of_n", "strategy.n=4", f"hydra.run.dir={tmp_path}")
+    assert retried.returncode == 0 and "retrying the 1 errored queries" in retried.stdout, retried.stderr[-3000:]
+    assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 7
+    assert json.loads((tmp_path / "summary.json").read_text())["errors"] == 0
+
+
+@pytest.mark.engine
+def test_a_sweep_cell_that_an_axis_does_not_apply_to_is_recorded_as_skipped(tmp_path: Path) -> None:
+    p = run("-m", "strategy=cot,best_of_n", "++strategy.n=2", "dataset.limit=2", "progress=false",
+            f"hydra.sweep.dir={tmp_path}")
+    assert p.returncode == 0, p.stderr[-2000:]
+    (cell,) = tmp_path.rglob("skipped.json")  # cot takes no n
+    assert "strategy=cot" in str(cell) and "strategy.n" in json.loads(cell.read_text())["reason"]
+    assert len(list(tmp_path.rglob("summary.json"))) == 1
+    report = subprocess.run([sys.executable, "-m", "ttc.report", str(tmp_path)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)
+    assert report.returncode == 0, report.stderr
+    assert "1 skipped sweep cell(s)" in (tmp_path / "report" / "report.md").read_text()
 
 
 @pytest.mark.engine

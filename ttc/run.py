@@ -6,7 +6,9 @@
 
 Each run directory holds ``config.yaml`` (resolved), ``results.jsonl`` (one
 record per query, appended as they finish) and ``summary.json`` (written last:
-a run without it is incomplete and resumes where it stopped).
+a run without it is incomplete and resumes where it stopped; a run whose summary
+counts errored queries retries those when run again). A sweep cell that a grid
+axis does not apply to holds ``skipped.json``.
 """
 
 from __future__ import annotations
@@ -34,8 +36,12 @@ def execute(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     summary_path = out_dir / "summary.json"
     if summary_path.exists():
-        print(f"complete already: {summary_path}")
-        return json.loads(summary_path.read_text())
+        done = json.loads(summary_path.read_text())
+        if not done.get("errors"):
+            print(f"complete already: {summary_path}")
+            return done
+        # Its summary stays until the retry writes the next: a run stopped midway is still complete.
+        print(f"retrying the {done['errors']} errored queries of {out_dir}")
     spec = check_config(cfg)  # fails with one line before any engine starts
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     built: Built = build(spec)
@@ -80,6 +86,8 @@ def main(cfg: DictConfig) -> None:
         # cot in `strategy=cot,best_of_n ++strategy.n=1,4,16`) skips that cell.
         if str(hc.mode) == "RunMode.MULTIRUN" and UNKNOWN_OPTION in str(exc):
             print(f"skipped: {exc}")
+            out_dir.mkdir(parents=True, exist_ok=True)  # the report counts the cell as skipped, not lost
+            (out_dir / "skipped.json").write_text(json.dumps({"reason": str(exc)}) + "\n")
             return
         print(f"config error: {exc}", file=sys.stderr)
         sys.exit(2)
