@@ -58,7 +58,9 @@ class BeamSearch(Strategy):
         ahead = nodes
         for _ in range(self.lookahead):
             open_ = [a for a in ahead if not a.done]
-            steps = await expand(ctx, open_, 1, temperature=0.0, max_step_tokens=self.max_step_tokens)
+            steps = await expand(
+                ctx, open_, 1, temperature=0.0, max_step_tokens=self.max_step_tokens, max_depth=self.max_depth
+            )
             nxt = iter(kids[0] for kids in steps)
             ahead = [a if a.done else next(nxt) for a in ahead]
         await score(ctx, self.verifier, ahead)

@@ -114,7 +114,7 @@ class Ledger:
             u.cached_tokens += r.cached_tokens
             u.gpu_seconds += r.engine_seconds
             # The engine always computes at least the last prompt token.
-            ideal = min(state.seen.match(prompt), len(prompt) - 1)
+            ideal = max(0, min(state.seen.match(prompt), len(prompt) - 1))
             u.ideal_cached_tokens_token += ideal
             u.ideal_cached_tokens += ideal // block * block
             state.seen.insert(prompt)
