@@ -2,9 +2,10 @@
 
     python experiments/bench/hf_prefix_cache.py [--problems 32] [--steps 6] [--repeats 2]
 
-PRM beam search (n=8, width 4) and MCTS (the shipped defaults: 16 simulations,
-branching 4, four leaves per wave) on arithmetic problems through the runner, all queries
-in flight, on ``HFBackend`` with its prefix cache (the default, 1 GiB in 16-token blocks)
+PRM beam search (n=8, width 4), MCTS (the shipped defaults: 16 simulations, branching 4,
+four leaves per wave) and PRM-weighted Best-of-16 (every sample's steps judged: samples
+that open alike send the same judgements) on arithmetic problems through the runner, all
+queries in flight, on ``HFBackend`` with its prefix cache (the default, 1 GiB in 16-token blocks)
 and without it (``prefix_cache_gib=0``), policy and PRM alike. The two alternate, so that
 machine noise hits both. Reports wall time, the tokens each side's models computed
 (policy and PRM: prompt tokens not read from the cache, plus generated ones), cached
@@ -41,7 +42,7 @@ def main() -> None:
 
     import torch
 
-    from strategies import MCTS, BeamSearch
+    from strategies import MCTS, BeamSearch, BestOfN
     from ttc.backends.hf import HFBackend
     from ttc.datasets import arith_problems
     from ttc.reference import POLICY_PATH, PRM_PATH
@@ -54,7 +55,11 @@ def main() -> None:
         # Fresh backends each run: no run starts from another's cache.
         policy = HFBackend(str(POLICY_PATH), seed=7, device="cpu", dtype="float32", prefix_cache_gib=gib)
         prm = PRMVerifier(HFBackend(str(PRM_PATH), seed=7, device="cpu", dtype="float32", prefix_cache_gib=gib))
-        strategy = MCTS(verifier=prm) if name == "mcts" else BeamSearch(n=8, width=4, verifier=prm)
+        strategy = {
+            "beam_search": lambda: BeamSearch(n=8, width=4, verifier=prm),
+            "mcts": lambda: MCTS(verifier=prm),
+            "best_of_16_weighted": lambda: BestOfN(n=16, select="weighted", verifier=prm),
+        }[name]()
         t = time.perf_counter()
         recs = asyncio.run(
             run_queries(problems, strategy, policy, _exact, concurrency=len(problems), seed=11, progress=False)
@@ -82,7 +87,7 @@ def main() -> None:
         "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} CPU cores, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, float32",
     }
-    for name in ("beam_search", "mcts"):
+    for name in ("beam_search", "mcts", "best_of_16_weighted"):
         runs: dict[str, list[dict[str, Any]]] = {side: [] for side in SIDES}
         for _ in range(args.repeats):
             for side, gib in SIDES.items():
