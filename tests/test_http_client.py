@@ -94,6 +94,13 @@ def test_no_endpoint_answering_is_one_config_error_line_naming_each_url() -> Non
     assert "\n" not in message and all(u in message for u in urls), message
 
 
+def test_asking_for_the_batch_route_of_a_server_without_it_is_a_config_error() -> None:
+    from ttc.backends.http import HTTPBackend
+
+    with stub() as (url, _), pytest.raises(ConfigError, match=r"backend\.batch_route: true, but .* has no /"):
+        HTTPBackend(str(POLICY_PATH), endpoints=[url], batch_route=True)
+
+
 @pytest.mark.parametrize("url", ["127.0.0.1:9", "localhost:8000", "http:/127.0.0.1:9"])
 def test_an_endpoint_without_scheme_and_host_is_refused_up_front(url: str) -> None:
     with pytest.raises(ConfigError, match="not an http"):
