@@ -7,7 +7,10 @@ KV peak. A query's live sequences are those of its requests in one engine
 batch: each sequence (prompt + continuation) holds KV while it runs, and the
 engine frees it when the request ends. With prefix sharing the batch holds the
 union of those sequences as a token prefix tree; without it, the sum of their
-lengths. The peak is the largest over the query's batches.
+lengths. The peak is the largest over the query's batches. Bytes are tokens times
+the model's ``bytes_per_token`` (2 x layers x KV heads x head dim x dtype bytes):
+layers with a sliding window count every token, so for such models (Gemma 2 and 3,
+gpt-oss) the peak is an upper bound.
 
 Ideal cache. Every token whose KV the engine already computed for this query
 (earlier prompts, earlier continuations but their last sampled token) could be
