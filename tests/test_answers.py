@@ -26,6 +26,7 @@ def test_extraction_per_format() -> None:
         ("gsm8k", "Janet has 16 eggs per day.\n", "16", None),  # a step midway states no answer
         ("gsm8k", "So she makes 18 dollars.\n#### 18", "18", "18"),
         ("gsm8k", "The answer is $1,234.", "1234", "1234"),
+        ("gsm8k", "So the answer is .5 of the pie, and 3 slices.", ".5", ".5"),
         ("gsm8k", "We get \\boxed{18}.", "18", "18"),
         ("boxed", "First, the answer is not obvious.\n\n", "not obvious", None),
         ("boxed", "So $x = \\boxed{\\frac{1}{2}}$.", "\\frac{1}{2}", "\\frac{1}{2}"),

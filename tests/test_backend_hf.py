@@ -252,8 +252,8 @@ def test_a_prompt_repeated_in_one_pass_is_prefilled_once_with_the_cache_on(monke
 def test_a_sequence_scored_twice_in_one_pass_is_computed_once_with_the_cache_on(monkeypatch) -> None:
     """A PRM judging several samples that open with the same step: one row for them all."""
     judged = ScoreRequest(prompt=PROMPTS[0] * 3, continuation="7")  # 45 prompt tokens
-    reqs = [judged, ScoreRequest(prompt=PROMPTS[1], continuation="12"), judged]
-    for gib, rows, cached in ((1.0, 2, [0, 0, 32]), (0.0, 3, [0, 0, 0])):
+    reqs = [judged, judged, ScoreRequest(prompt=PROMPTS[1], continuation="12")]  # the repeat before another
+    for gib, rows, cached in ((1.0, 2, [0, 32, 0]), (0.0, 3, [0, 0, 0])):
         hf = backend(prefix_cache_gib=gib)
         calls = count_forwards(hf, monkeypatch)
         together = asyncio.run(hf.score(reqs))

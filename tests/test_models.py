@@ -11,6 +11,7 @@ from ttc import models
 from ttc.models import (
     BUILTIN_MODELS,
     ModelError,
+    check_context,
     compute_dtype,
     describe,
     dtype_bytes,
@@ -111,6 +112,19 @@ def test_kv_geometry_reads_hf_configs() -> None:
 def test_kv_geometry_reads_other_families_names(config: dict, layers: int, kv_heads: int, head_dim: int) -> None:
     kv = kv_geometry(config, "bf16")
     assert (kv.num_layers, kv.num_kv_heads, kv.head_dim) == (layers, kv_heads, head_dim)
+
+
+def test_a_context_past_the_positions_is_refused_unless_rotary_scaling_stretches_them(tmp_path: Path) -> None:
+    from ttc.reference import POLICY_PATH
+
+    assert check_context(str(POLICY_PATH), 1024) == 1024
+    with pytest.raises(ModelError, match="max_model_len=4096 exceeds the model's 1024 positions"):
+        check_context(str(POLICY_PATH), 4096)
+    config = json.loads((POLICY_PATH / "config.json").read_text())
+    config["rope_parameters"] = {"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0,
+                                 "original_max_position_embeddings": 1024}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert check_context(str(tmp_path), 4096) == 1024  # YaRN: the engine decides
 
 
 def test_model_dtypes_take_their_aliases_and_nothing_else() -> None:

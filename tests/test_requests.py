@@ -40,6 +40,10 @@ def test_a_stop_that_merged_tokens_also_write_is_found_in_the_text() -> None:
     assert bpe.one_token_stops(["a"]) == [0]  # held by no other token
     params = sampling_kwargs(GenRequest(prompt="a", stop=["\n\n"]), bpe.one_token_stops(["\n\n"]))
     assert params["stop"] == ["\n\n"] and params["stop_token_ids"] is None and params["detokenize"]
+    # The one token that holds the character, but writes more than it: the engine would stop past it.
+    merged = ScriptedBackend()
+    merged.tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"a": 0, "\nb": 1})))
+    assert merged.one_token_stops(["\n"]) == []
 
 
 @pytest.mark.parametrize(

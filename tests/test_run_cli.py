@@ -51,6 +51,9 @@ def run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
         (["dataset=mbpp", "dataset.split=dev"], "dataset.split"),
         (["model.path=/nonexistent/model"], "model.path"),
         (["model.dtype=nn"], "model.dtype"),
+        (["model.dtype=double"], "model.dtype: float64 runs on backend=hf"),
+        (["backend.dtype=bf17"], "backend.dtype"),
+        (["model.step_delimiter="], "model.step_delimiter"),
     ],
 )
 def test_bad_config_fails_fast_with_one_line(tmp_path: Path, args: list[str], key: str) -> None:

@@ -87,7 +87,6 @@ def test_a_chain_that_ends_early_with_a_bad_answer_closes_no_beam(make) -> None:
     # finished would close; one whose any candidate had, closed at once: 0.17 and 0.0).
     b = ScriptedBackend(p_correct=0.5, p_early=0.25)
     assert accuracy(make(PRMVerifier(b)), b) >= 0.6
-    assert len(b.calls) >= 4  # the search went on past the first early answers
 
 
 def test_beam_search_rejects_bad_width() -> None:

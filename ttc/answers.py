@@ -53,9 +53,10 @@ def extract_answer(problem: Problem, completion: str, *, committed: bool = False
     """The final answer a completion commits to, in the problem's format; None if none.
 
     Grading a finished completion falls back on what it most likely meant (GSM8K: its last
-    number; a program: its text). ``committed=True`` takes only an explicit statement
-    (``A:``, ``\\boxed{}``, ``####``, "the answer is 18"), so that a search can tell a
-    chain that answered from one midway: "Janet has 16 eggs." states no answer yet."""
+    number; MATH: the text after "the answer is"; a program: its text). ``committed=True``
+    takes only an explicit statement (``A:``, ``\\boxed{}``; GSM8K's ``####`` or "the answer
+    is 18"), so that a search can tell a chain that answered from one midway: "Janet has 16
+    eggs." states no answer yet. A program ends where the model ends it."""
     fmt = problem.answer_format
     if fmt == "reference":
         return arith.extract_answer(completion)
@@ -70,7 +71,7 @@ def extract_answer(problem: Problem, completion: str, *, committed: bool = False
     if fmt == "gsm8k":
         if "####" in completion:
             return last_number(completion.split("####")[-1])
-        m = re.findall(r"answer is[:\s]*\$?(-?\d[\d,]*(?:\.\d+)?)", completion, flags=re.I)
+        m = re.findall(r"answer is[:\s]*\$?(-?(?:\d[\d,]*)?\.?\d+)", completion, flags=re.I)
         if m:
             return m[-1].replace(",", "")
         return None if committed else last_number(completion)

@@ -12,10 +12,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from omegaconf import DictConfig, OmegaConf
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError, field_validator
 
 from ttc import datasets
 from ttc.backends.base import Backend
@@ -38,7 +38,7 @@ class ModelSpec(BaseModel):
     path: str | None = None
     prm_path: str | None = None
     prompt_format: Literal["reference", "chat", "plain"] = "chat"
-    step_delimiter: str = "\n\n"
+    step_delimiter: Annotated[str, StringConstraints(min_length=1)] = "\n\n"
     max_model_len: int = 4096
     dtype: str = "auto"
 
@@ -135,6 +135,13 @@ def check_config(cfg: DictConfig) -> RunSpec:
     elif v_engine:
         raise ConfigError(f"verifier.engine: verifier {v_name} runs no model of its own")
     b_args = check_args(backend_cls, b_args, "backend")
+    if b_args.get("dtype") is not None:
+        try:
+            b_args["dtype"] = compute_dtype(b_args["dtype"])
+        except ModelError as exc:
+            raise ConfigError(f"backend.dtype: {exc}") from None
+    if b_name in ("vllm", "sglang") and (b_args.get("dtype") or model.dtype) == "float64":
+        raise ConfigError(f"model.dtype: float64 runs on backend=hf; {b_name} computes in 32 bits at most")
     for key, least in (("concurrency", 0), ("seed", 0), ("cohorts", 1)):
         value = cfg.get(key)
         if not isinstance(value, int) or isinstance(value, bool) or value < least:
@@ -182,8 +189,8 @@ def engine(name: str, model: str, seed: int, **args: Any) -> Backend:
     key = (name, model, seed, tuple(sorted((k, repr(v)) for k, v in args.items())))
     if key not in _ENGINES:
         try:
-            if args.get("max_model_len"):  # every engine refuses it; vLLM in a traceback
-                check_context(model, args["max_model_len"])
+            if name != "http":  # every engine refuses a context past the positions, vLLM in a traceback;
+                check_context(model, args.get("max_model_len"))  # a server's own limit caps http
             _ENGINES[key] = resolve(BACKENDS, name, "backend")(model=model, seed=seed, **args)
         except OSError as exc:  # transformers' own words: no such model, or no hub to fetch it from
             raise ConfigError(f"model: cannot load {model}: {exc}") from None

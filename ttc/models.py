@@ -51,12 +51,20 @@ def compute_dtype(name: str) -> str:
     return _COMPUTE_DTYPES[key]
 
 
-def check_context(model: str, max_model_len: int) -> int | None:
-    """The model's positions, after refusing a context longer than they are (as vLLM does),
-    from its config alone: before any engine loads the weights."""
+def check_context(model: str, max_model_len: int | None) -> int | None:
+    """The model's positions, after refusing a longer context (as vLLM does), from its config
+    alone: before any engine loads the weights. Where rotary scaling stretches the positions
+    (YaRN, linear, dynamic), or ``VLLM_ALLOW_LONG_MAX_MODEL_LEN`` is set, the engine decides."""
+    import os
+
     from transformers import AutoConfig
 
-    positions = getattr(AutoConfig.from_pretrained(model).get_text_config(), "max_position_embeddings", None)
+    cfg = AutoConfig.from_pretrained(model).get_text_config()
+    positions = getattr(cfg, "max_position_embeddings", None)
+    rope = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
+    scaled = isinstance(rope, dict) and rope.get("rope_type", rope.get("type")) not in (None, "default")
+    if scaled or os.environ.get("VLLM_ALLOW_LONG_MAX_MODEL_LEN"):
+        return positions
     if max_model_len and positions and max_model_len > positions:
         raise ModelError(f"max_model_len={max_model_len} exceeds the model's {positions} positions")
     return positions

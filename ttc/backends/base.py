@@ -68,15 +68,16 @@ class Backend(ABC):
         return cache[key]
 
     def _sole_writer(self, stop: str) -> int | None:
-        """The one token whose text holds ``stop``, if ``stop`` is one ASCII character and
-        exactly one token holds it."""
+        """The token that is ``stop``, if ``stop`` is one ASCII character and no other token's
+        text holds it."""
         if len(stop) != 1 or not stop.isascii():
             return None
         if "_pieces_text" not in self.__dict__:  # every token's text, once per backend
             size = len(self.tokenizer)
             self.__dict__["_pieces_text"] = self.tokenizer.batch_decode([[i] for i in range(size)])
-        holders = [i for i, text in enumerate(self.__dict__["_pieces_text"]) if stop in text]
-        return holders[0] if len(holders) == 1 else None
+        pieces = self.__dict__["_pieces_text"]
+        holders = [i for i, text in enumerate(pieces) if stop in text]
+        return holders[0] if len(holders) == 1 and pieces[holders[0]] == stop else None
 
     def check_length(self, ids: list[int], max_tokens: int = 0) -> None:
         if self.max_model_len is not None and len(ids) + max(max_tokens, 1) > self.max_model_len:

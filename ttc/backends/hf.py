@@ -73,7 +73,8 @@ class HFBackend(Backend):
         name = compute_dtype(dtype or "auto")
         torch_dtype = None if name == "auto" else getattr(torch, name)
         self.device = device
-        self.max_model_len = max_model_len or check_context(model, max_model_len or 0)
+        positions = check_context(model, max_model_len)
+        self.max_model_len = max_model_len or positions
         self.tokenizer = AutoTokenizer.from_pretrained(model)
         self.model = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype).to(device).eval()
         cfg = self.model.config

@@ -284,8 +284,8 @@ class HTTPBackend(Backend):
                     last, failed = exc, ep
                     ep.failures += 1
                     ep.errors += 1
-                    # A refused or dropped connection (before any answer) means the replica is gone for a
-                    # while; 429/503 only busy. Either way it did not compute the request: safe to resend.
+                    # A refused or dropped connection means the replica is gone for a while (it will not
+                    # finish the request); 429/503 say it is busy and did not take it. Either way, resend.
                     pause = self.backoff_s * 2 ** min(ep.failures, 6)
                     ep.down_until = time.monotonic() + (pause if isinstance(exc, httpx.TransportError) else 0.0)
                     continue
