@@ -87,7 +87,7 @@ class MCTS(Strategy):
             open_ = [n for n in nodes if not n.done]
             ends = await rollout(ctx, open_, temperature=self.temperature) if open_ else []
             # A child that has already finished is its own rollout; "both" has scored it above.
-            unscored = ends + [n for n in nodes if n.done] if self.evaluation == "rollout" else ends
+            unscored = (ends + [n for n in nodes if n.done]) if self.evaluation == "rollout" else ends
             await score(ctx, self.verifier, unscored)
             finished += ends
             outcome = iter(ends)
