@@ -189,8 +189,8 @@ def engine(name: str, model: str, seed: int, **args: Any) -> Backend:
     key = (name, model, seed, tuple(sorted((k, repr(v)) for k, v in args.items())))
     if key not in _ENGINES:
         try:
-            if name != "http":  # every engine refuses a context past the positions, vLLM in a traceback;
-                check_context(model, args.get("max_model_len"))  # a server's own limit caps http
+            if name != "http" and args.get("max_model_len"):  # every engine refuses a context past the
+                check_context(model, args["max_model_len"])  # positions, vLLM in a traceback; http: the server's
             _ENGINES[key] = resolve(BACKENDS, name, "backend")(model=model, seed=seed, **args)
         except OSError as exc:  # transformers' own words: no such model, or no hub to fetch it from
             raise ConfigError(f"model: cannot load {model}: {exc}") from None

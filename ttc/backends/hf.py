@@ -195,6 +195,11 @@ class HFBackend(Backend):
                 out[row, :, width - part.shape[1] :] = part
         return out
 
+    def _readable(self, limit: int) -> int:
+        """The cached tokens a repeat of a sequence computed earlier in the same pass reports:
+        its whole blocks up to ``limit``, as an engine reads blocks computed in the same step."""
+        return limit // self.prefix.block_size * self.prefix.block_size
+
     def _store(self, ids: list[int], cached: int, cache: Any, row: int, start: int) -> None:
         """Keep the full blocks of ``ids`` that row ``row`` of ``cache`` computed (from
         ``start`` along it, token ``cached`` of ``ids``) for later requests."""
@@ -210,7 +215,7 @@ class HFBackend(Backend):
         # One prefill row per prompt; with the cache on, per distinct prompt: a request that
         # repeats another in the pass reads its KV, as an engine reads blocks computed in
         # the same step (and reports them cached).
-        share, block = self.prefix.capacity > 0, self.prefix.block_size
+        share = self.prefix.capacity > 0
         key = {j: tuple(jobs[j][0]) if share else j for j in dict.fromkeys(s.job for s in samples)}
         row_of = {k: row for row, k in enumerate(dict.fromkeys(key.values()))}
         seqs = [list(k) if share else jobs[k][0] for k in row_of]
@@ -222,7 +227,7 @@ class HFBackend(Backend):
             row = row_of[key[s.job]]
             rows.append(row)
             s.first, s.start = cached[row], width - (len(seqs[row]) - cached[row])
-            s.cached = cached[row] if owner.setdefault(row, s.job) == s.job else (len(seqs[row]) - 1) // block * block
+            s.cached = cached[row] if owner.setdefault(row, s.job) == s.job else self._readable(len(seqs[row]) - 1)
         index = torch.tensor(rows, device=self.device)  # n rows per prompt
         cache.batch_select_indices(index)
         logits, mask = logits[index, -1], mask[index]
@@ -312,9 +317,8 @@ class HFBackend(Backend):
         import torch
 
         out: list[tuple[list[float], int, int]] = [([], 0, 0)] * len(jobs)
-        share, block = self.prefix.capacity > 0, self.prefix.block_size
         first = {i: i for i in range(len(jobs))}
-        if share:
+        if self.prefix.capacity > 0:
             seen: dict[tuple[tuple[int, ...], int], int] = {}
             first = {i: seen.setdefault((tuple(seq), start), i) for i, (seq, start) in enumerate(jobs)}
         todo = sorted(set(first.values()))
@@ -336,7 +340,7 @@ class HFBackend(Backend):
         for i, j in first.items():
             if i != j:
                 seq, start = jobs[i]
-                cached = (start - 1) // block * block
+                cached = self._readable(start - 1)
                 out[i] = (out[j][0], len(seq) - cached, cached)
         return out
 
