@@ -21,7 +21,8 @@ def derive_seed(*parts: object) -> int:
 class QueryContext:
     """One query's view of the engines, with its ledger and trace.
 
-    Every request goes through here so it is accounted. Requests without a seed
+    Every request goes through here so it is accounted, and each completion ends at its
+    first stop string (``Backend.end_at_stop``), whatever the engine. Requests without a seed
     get one derived from the run seed, the query and the request's position in
     the strategy's sequence of calls, so a rerun repeats. Branches that run
     concurrently (DVTS's subtrees) each take a ``branch`` of the context: their
@@ -74,7 +75,9 @@ class QueryContext:
             for i, r in enumerate(requests)
         ]
         results = await engine.generate(requests)
-        self.ledger.record(results, role, engine.block_size)
+        self.ledger.record(results, role, engine.block_size)  # what the engine computed, overrun included
+        for r, res in zip(requests, results, strict=True):
+            res.completions = [engine.end_at_stop(c, r.stop) for c in res.completions]
         return results
 
     async def score(

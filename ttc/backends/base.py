@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
-from ttc.types import GenRequest, GenResult, KVGeometry, ScoreRequest, ScoreResult
+from ttc.types import Completion, GenRequest, GenResult, KVGeometry, ScoreRequest, ScoreResult
 
 
 class BackendError(RuntimeError):
@@ -79,6 +79,30 @@ class Backend(ABC):
         holders = [i for i, text in enumerate(pieces) if stop in text]
         return holders[0] if len(holders) == 1 and pieces[holders[0]] == stop else None
 
+    def end_at_stop(self, c: Completion, stop: Sequence[str]) -> Completion:
+        """``c`` ended at its first stop string (kept in the text), token ids and text alike.
+
+        An engine stops at the token that completes a stop string, and a BPE token can write
+        past it (``"\\n\\n\\n"`` for a ``"\\n\\n"`` stop): vLLM cuts the text but keeps the token,
+        the transformers backend and SGLang keep both. A tree's branch extends its parent's
+        token ids, which must write exactly the parent's text; a step must end at its stop.
+        """
+        if not stop or c.finish_reason != "stop" or not c.token_ids or c.token_ids[-1] in self.one_token_stops(stop):
+            return c
+        text = _cut(c.text, stop)
+        written = self.decode(c.token_ids)
+        end = len(_cut(written, stop))
+        if end == len(written):
+            return c if text == c.text else c.model_copy(update={"text": text})
+        # Keep the tokens that end at or before the cut; write the rest of the stop anew.
+        keep = len(c.token_ids) - 1
+        while keep and len(self.decode(c.token_ids[:keep])) > end:
+            keep -= 1
+        head = c.token_ids[:keep]
+        ids = head + self.encode_continuation(written[len(self.decode(head)) : end])
+        logprobs = c.logprobs[: len(head)] if c.logprobs is not None else None
+        return c.model_copy(update={"text": text, "token_ids": ids, "logprobs": logprobs})
+
     def check_length(self, ids: list[int], max_tokens: int = 0) -> None:
         if self.max_model_len is not None and len(ids) + max(max_tokens, 1) > self.max_model_len:
             raise BackendError(
@@ -87,6 +111,12 @@ class Backend(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the engine."""
+
+
+def _cut(text: str, stop: Sequence[str]) -> str:
+    """``text`` up to the end of its first stop string (all of it where none occurs)."""
+    ends = [i + len(s) for s in stop if (i := text.find(s)) >= 0]
+    return text[: min(ends)] if ends else text
 
 
 def apportion(seconds: float, weights: list[int]) -> list[float]:
