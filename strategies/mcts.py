@@ -56,20 +56,23 @@ class MCTS(Strategy):
         return True
 
     # -- the four phases ----------------------------------------------------------------
-    def _ucb(self, parent: Node, child: Node, prior: float) -> float:
+    def _ucb(self, n_parent: float, child: Node, prior: float) -> float:
         q = child.value_sum / child.visits if child.visits else 0.0
         if self.selection == "uct":
             if not child.visits:
                 return math.inf
-            return q + self.c * math.sqrt(math.log(max(parent.visits, 1.0)) / child.visits)
-        return q + self.c * prior * math.sqrt(max(parent.visits, 1.0)) / (1 + child.visits)
+            return q + self.c * math.sqrt(math.log(max(n_parent, 1.0)) / child.visits)
+        return q + self.c * prior * math.sqrt(max(n_parent, 1.0)) / (1 + child.visits)
 
     def select_leaf(self, node: Node) -> Node:
         """Descend by PUCT/UCT to a node without children, applying virtual loss."""
         path = [node]
         while node.children and not node.done:
             priors = _softmax([c.logprob for c in node.children])
-            node = max(zip(node.children, priors, strict=True), key=lambda cp: self._ucb(path[-1], *cp))[0]
+            # N(s) = sum_b N(s, b), as PUCT and UCT count it: each child starts with the one
+            # visit of its own evaluation, which its parent's count does not hold.
+            visits = sum(c.visits for c in node.children)
+            node = max(zip(node.children, priors, strict=True), key=lambda cp: self._ucb(visits, *cp))[0]
             path.append(node)
         for n in path:  # virtual loss: count a pessimistic visit until the real one lands
             n.visits += self.vloss

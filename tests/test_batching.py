@@ -20,6 +20,26 @@ async def test_concurrent_submissions_meet_in_one_batch() -> None:
     assert len(batches) == 1 and len(batches[0]) == 16
 
 
+async def test_a_request_a_few_loop_turns_behind_still_meets_the_batch() -> None:
+    """The batcher holds the engine until the loop goes quiet, not only for what was ready at
+    once: a branch whose request comes through a gather or two still joins the batch."""
+    batches: list[list[int]] = []
+
+    def run(jobs: Sequence[int], batch_id: int) -> list[int]:
+        batches.append(list(jobs))
+        return list(jobs)
+
+    b: MicroBatcher[int, int] = MicroBatcher(run)
+
+    async def after(turns: int, job: int) -> list[int]:
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        return await b.submit([job])
+
+    assert await asyncio.gather(after(0, 1), after(2, 2)) == [[1], [2]]
+    assert batches == [[1, 2]]
+
+
 async def test_a_failing_job_fails_alone() -> None:
     def run(jobs: Sequence[int], batch_id: int) -> list[int]:
         if any(j < 0 for j in jobs):

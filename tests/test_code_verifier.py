@@ -5,11 +5,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from fractions import Fraction
-from pathlib import Path
 
 import pytest
 
-from ttc.datasets import synth_code_problems
+from ttc.datasets import data_dir, synth_code_problems
 from ttc.types import Problem
 from verifiers.code import (
     CodeVerifier,
@@ -22,7 +21,7 @@ from verifiers.code import (
 from verifiers.passk import mean_pass_at_k, pass_at_k
 from verifiers.sandbox import Sandbox, SandboxError, SandboxLimits
 
-MBPP = Path("/work/shared/data/mbpp/mbpp.jsonl")
+MBPP = data_dir() / "mbpp" / "mbpp.jsonl"  # ../shared/data beside the repo, wherever it is cloned
 
 
 @pytest.fixture(scope="module")

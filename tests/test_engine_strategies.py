@@ -34,7 +34,6 @@ def solve(strategy, engine, cohorts: int = 1) -> list[dict]:
 def run(strategy, engine) -> dict:
     s = summarize(solve(strategy, engine))
     assert s["verifier_tokens"] > 0 and s["verifier_gpu_seconds"] > 0  # the PRM's work, kept apart
-    assert s["kv_peak_tokens"] <= s["kv_peak_tokens_unshared"]
     return s
 
 
@@ -64,8 +63,11 @@ def test_tree_search_hits_the_prefix_cache_as_an_ideal_cache_would(make, policy_
     ids=["dvts", "particle_filter", "verify_revise"],
 )
 def test_strategy_runs_end_to_end(make, policy_engine, prm_engine) -> None:
-    s = run(make(PRMVerifier(prm_engine)), policy_engine)
+    strategy = make(PRMVerifier(prm_engine))
+    s = run(strategy, policy_engine)
     assert s["accuracy"] > 0
+    if not isinstance(strategy, VerifyRevise):  # a chain's revision is a batch of its own: nothing to share
+        assert s["kv_peak_tokens"] < s["kv_peak_tokens_unshared"]  # siblings share their parent's KV
 
 
 def test_a_batch_cap_splits_the_batches_and_changes_no_answer(policy_engine, prm_engine) -> None:

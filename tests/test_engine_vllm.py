@@ -149,7 +149,7 @@ def test_best_of_n_beats_cot_on_arith(policy_engine) -> None:
     cot = summarize(asyncio.run(run_queries(problems, CoT(), policy_engine, grade, progress=False)))
     bon = summarize(asyncio.run(run_queries(problems, BestOfN(n=16), policy_engine, grade, progress=False)))
     assert bon["accuracy"] >= cot["accuracy"] + 0.1
-    assert bon["cached_tokens"] >= 0 and bon["kv_peak_tokens"] < bon["kv_peak_tokens_unshared"]
+    assert bon["kv_peak_tokens"] < bon["kv_peak_tokens_unshared"]  # the 16 samples hold their prompt once
 
 
 def test_runs_repeat_on_the_real_engine(policy_engine) -> None:

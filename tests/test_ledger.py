@@ -63,13 +63,35 @@ def test_ledger_matches_hand_computation() -> None:
 
 
 def test_verifier_work_is_kept_apart() -> None:
-    kv = KVGeometry(num_layers=1, num_kv_heads=1, head_dim=1, dtype_bytes=1)
-    led = Ledger(kv)
+    kv = KVGeometry(num_layers=1, num_kv_heads=1, head_dim=1, dtype_bytes=1)  # 2 B/token
+    prm_kv = KVGeometry(num_layers=2, num_kv_heads=1, head_dim=1, dtype_bytes=1)  # 4 B/token
+    led = Ledger(kv, verifier_kv=prm_kv)
     led.record([_res([1, 2, 3], [[4]], secs=1.0)])
     led.record([_res([1, 2, 3, 4, 9], [], secs=0.5)], role="verifier")
     s = led.summary(usd_per_gpu_hour=0.0)
     assert s["prompt_tokens"] == 3 and s["gpu_seconds"] == 1.0
     assert s["verifier_tokens"] == 5 and s["verifier_gpu_seconds"] == 0.5
+    # each model's KV at its own bytes per token; the policy's figures never see the verifier's
+    assert s["kv_peak_bytes"] == 4 * 2 and s["verifier_kv_peak_bytes"] == 5 * 4
+    assert s["requests"] == 1 and s["verifier_requests"] == 1
+
+
+def test_ideal_cache_is_what_the_engine_computed_before_at_the_engines_block_size() -> None:
+    kv = KVGeometry(num_layers=1, num_kv_heads=1, head_dim=1, dtype_bytes=1)
+    led = Ledger(kv, block_size=4)
+    prompt = list(range(10))
+    led.record([_res(prompt, [[100, 101, 102, 103, 104]])])
+    # A child of the sample, as tree search sends it: the sample's last token has no KV yet.
+    led.record([_res([*prompt, 100, 101, 102, 103, 104, 7, 8], [[9]])])
+    assert led.usage().ideal_cached_tokens_token == 14
+    # The same prompt again: its last token is computed anyway, to predict the next.
+    led.record([_res(prompt, [[5]])])
+    assert led.usage().ideal_cached_tokens_token == 14 + 9
+    assert led.usage().ideal_cached_tokens == 12 + 8
+    # A call on an engine with another cache block rounds to that engine's block.
+    led.record([_res([*prompt, 5], [[6]])], block_size=3)
+    assert led.usage().ideal_cached_tokens_token == 14 + 9 + 10
+    assert led.usage().ideal_cached_tokens == 12 + 8 + 9
 
 
 def test_requests_in_one_batch_share_the_kv_peak() -> None:

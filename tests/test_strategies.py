@@ -5,7 +5,7 @@ import asyncio
 import pytest
 
 from strategies import BestOfN, CoT
-from strategies.base import Candidate, majority, weighted
+from strategies.base import Candidate, best_scored, majority, weighted
 from strategies.beam_search import BeamSearch
 from strategies.dvts import DVTS
 from strategies.mcts import MCTS
@@ -32,10 +32,22 @@ def accuracy(strategy, backend: ScriptedBackend, problems=PROBLEMS, seed: int = 
     return summarize(records)["accuracy"]
 
 
+def cands_of(pairs: list[tuple[str | None, float | None]]) -> list[Candidate]:
+    return [Candidate(completion=f"c{i}", answer=a, score=s) for i, (a, s) in enumerate(pairs)]
+
+
 def test_selection_rules() -> None:
-    cands = [Candidate(completion="", answer=a, score=s) for a, s in [("1", 0.1), ("2", 0.9), ("1", 0.2), (None, 5)]]
+    cands = cands_of([("1", 0.1), ("2", 0.9), ("1", 0.2), (None, 5)])
     assert majority(cands).answer == "1"
     assert weighted(cands).answer == "2"
+    # Unanswered candidates never win a vote, however many they are.
+    assert majority(cands_of([(None, None), (None, None), ("3", None)])).answer == "3"
+    assert weighted(cands_of([(None, 9.0), ("3", 0.1)])).answer == "3"
+    # A tie goes to the answer seen first; the weighted winner is its best-scored candidate.
+    assert majority(cands_of([("2", None), ("1", None), ("1", None), ("2", None)])).completion == "c0"
+    assert weighted(cands_of([("4", 0.2), ("5", 0.5), ("4", 0.4)])).completion == "c2"
+    # An unscored candidate never beats a scored one, even one scored below zero.
+    assert best_scored(cands_of([("1", None), ("2", -1.0), ("3", None)])).completion == "c1"
 
 
 def test_cot_answers_from_one_chain() -> None:
@@ -55,10 +67,24 @@ def test_best_of_n_needs_a_verifier_to_select_by_score() -> None:
         BestOfN(select="verifier")
 
 
-def test_prm_weighted_best_of_n_uses_verifier_scores() -> None:
+@pytest.mark.parametrize("select", ["verifier", "weighted"])
+def test_prm_weighted_best_of_n_uses_verifier_scores(select: str) -> None:
     b = ScriptedBackend(p_correct=0.6)
-    prm = PRMVerifier(b)
-    assert accuracy(BestOfN(n=8, select="verifier", verifier=prm), b) >= accuracy(BestOfN(n=8), b)
+    strategy = BestOfN(n=8, select=select, verifier=PRMVerifier(b))
+    records = asyncio.run(run_queries(PROBLEMS, strategy, b, grade, progress=False))
+    overruled = 0  # queries where the scores chose other than the vote would have
+    for r in records:
+        cands = [Candidate(**c) for c in r["trace"]["candidates"]]
+        # The stand-in PRM: 0.9 for a chain whose every step is right, else 0.1 (min over steps).
+        assert len(cands) == 8 and all(c.score in (pytest.approx(0.9), pytest.approx(0.1)) for c in cands), cands
+        if select == "verifier":  # the chosen chain is a best-scored one
+            assert next(c.score for c in cands if c.completion == r["completion"]) == max(c.score for c in cands)
+        else:  # the chosen answer has the highest summed score
+            totals = {a: sum(c.score for c in cands if c.answer == a) for a in {c.answer for c in cands} - {None}}
+            assert totals[r["answer"]] == pytest.approx(max(totals.values()))
+        overruled += r["answer"] != majority(cands).answer
+    assert overruled > 0
+    assert summarize(records)["accuracy"] >= accuracy(BestOfN(n=8), ScriptedBackend(p_correct=0.6))
 
 
 def test_all_queries_share_engine_batches() -> None:
@@ -73,9 +99,12 @@ def test_beam_search_keeps_n_over_m_survivors_and_beats_sampling() -> None:
     beam = BeamSearch(n=8, width=4, verifier=prm)
     acc = accuracy(beam, b)
     assert acc >= accuracy(BestOfN(n=8), ScriptedBackend(p_correct=0.5)) + 0.2
-    # after the root's N first steps, each call expands N/M survivors with n=M
+    # after the root's N first steps, each call expands N/M survivors with n=M: every query's
+    # two beams at first (no chain ends before its answer line here), never more
+    assert [r.n for r in b.calls[0]] == [8] * len(PROBLEMS)
     later = [r for call in b.calls[1:] for r in call]
     assert later and all(r.n == 4 for r in later)
+    assert len(b.calls[1]) == 2 * len(PROBLEMS) and all(len(call) <= 2 * len(PROBLEMS) for call in b.calls[1:])
 
 
 @pytest.mark.parametrize(
@@ -87,6 +116,21 @@ def test_a_chain_that_ends_early_with_a_bad_answer_closes_no_beam(make) -> None:
     # finished would close; one whose any candidate had, closed at once: 0.17 and 0.0).
     b = ScriptedBackend(p_correct=0.5, p_early=0.25)
     assert accuracy(make(PRMVerifier(b)), b) >= 0.6
+
+
+def test_beam_search_lookahead_judges_each_open_candidate_after_a_greedy_step() -> None:
+    b = ScriptedBackend(p_correct=0.5)
+    depths: list[list[int]] = []
+
+    class Recording(PRMVerifier):
+        async def score_partials(self, problem, partials, ctx=None):  # type: ignore[no-untyped-def]
+            depths.append([len(steps) for steps in partials])
+            return await super().score_partials(problem, partials, ctx)
+
+    asyncio.run(BeamSearch(n=4, width=2, lookahead=1, verifier=Recording(b)).search(QueryContext(PROBLEMS[0], b)))
+    # The root's 4 first steps are judged each one greedy step further on (none has ended yet).
+    assert [r.n for r in b.calls[0]] == [4] and depths[0] == [2, 2, 2, 2]
+    assert [(r.n, r.temperature) for r in b.calls[1]] == [(1, 0.0)] * 4
 
 
 def test_beam_search_rejects_bad_width() -> None:
@@ -117,7 +161,19 @@ def test_dvts_runs_independent_subtrees() -> None:
     dvts = DVTS(n=8, width=4, verifier=PRMVerifier(b))
     assert accuracy(dvts, b) >= 0.8
     first = b.calls[0]
-    assert sum(r.n for r in first) == 8 * len(PROBLEMS)  # N/M roots of M children, every query
+    assert [r.n for r in first] == [4] * (2 * len(PROBLEMS))  # N/M roots of M children, every query
+    # Each subtree judges its own M candidates and keeps its own best: never a pool of all N.
+    judged: list[tuple[int, int]] = []
+
+    class Recording(PRMVerifier):
+        async def score_partials(self, problem, partials, ctx=None):  # type: ignore[no-untyped-def]
+            judged.append((id(ctx), len(partials)))
+            return await super().score_partials(problem, partials, ctx)
+
+    one = ScriptedBackend(p_correct=0.5)
+    asyncio.run(DVTS(n=8, width=4, verifier=Recording(one)).solve(QueryContext(PROBLEMS[1], one)))
+    assert judged and {size for _, size in judged} == {4}
+    assert len({view for view, _ in judged}) == 2  # each subtree through a context view of its own
 
 
 def test_dvts_subtrees_sample_the_same_whatever_order_their_calls_reach_the_engine(monkeypatch) -> None:
@@ -203,6 +259,16 @@ def test_puct_prefers_the_unvisited_step_the_policy_finds_likelier(first: float)
     assert MCTS(selection="puct").select_leaf(parent) is (a if first > -3.5 else b)
 
 
+def test_uct_counts_a_parents_visits_as_its_childrens() -> None:
+    """N(s) = sum_b N(s, b). The parent's own count lags its children's (each child's
+    evaluation is its first visit): with it, log N(s) = 0 and the choice would be greedy."""
+    parent = Node(ids=[], visits=1.0, value_sum=0.6)
+    often = Node(ids=[], steps=["a"], visits=3.0, value_sum=1.8, parent=parent)  # mean 0.6
+    once = Node(ids=[], steps=["b"], visits=1.0, value_sum=0.5, parent=parent)  # mean 0.5
+    parent.children = [often, once]
+    assert MCTS(selection="uct", virtual_loss=0.0).select_leaf(parent) is once
+
+
 def test_verify_revise_resamples_from_the_first_bad_step() -> None:
     b = ScriptedBackend(p_correct=0.5)
     vr = VerifyRevise(rounds=4, verifier=PRMVerifier(b))
@@ -241,6 +307,29 @@ def test_particle_filter_drops_a_weak_finished_particle_and_copies_a_good_one() 
     answer = ParticleFilter(n=8, verifier=PRMVerifier(b)).solve_sync(PROBLEMS[0].prompt, b)
     assert len(answer.candidates) == 8
     assert sum(c.answer == PROBLEMS[0].answer for c in answer.candidates) >= 7
+
+
+@pytest.mark.parametrize(("open_first", "open_later", "kept"), [(0.7, 0.1, 8), (0.5, 0.9, 0)])
+def test_a_finished_particle_competes_with_the_open_ones_at_every_later_step(
+    open_first: float, open_later: float, kept: int
+) -> None:
+    """An answer given as the first step scores 0.6 (a later answer 0). Open chains score
+    ``open_first`` after one step and ``open_later`` after more: the finished particle, long
+    past its own step, is copied over every open chain once they fall below it, and dropped
+    once they rise above it (a population that set it aside would keep just its one copy)."""
+
+    class ByDepth(PRMVerifier):
+        async def score_partials(self, problem, partials, ctx=None):  # type: ignore[no-untyped-def]
+            first = [len(steps) == 1 for steps in partials]
+            return [
+                (0.6 if one else 0.0) if steps[-1].startswith("A:") else open_first if one else open_later
+                for steps, one in zip(partials, first, strict=True)
+            ]
+
+    b = ScriptedBackend(p_correct=1.0, p_early=0.25)  # this seed answers at once in one first step
+    answer = ParticleFilter(n=8, verifier=ByDepth(b)).solve_sync(PROBLEMS[0].prompt, b, seed=1)
+    assert len(answer.candidates) == 8
+    assert sum(c.completion.count("\n") == 1 for c in answer.candidates) == kept
 
 
 def test_runs_repeat_with_the_same_seed() -> None:

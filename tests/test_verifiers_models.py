@@ -186,6 +186,18 @@ def test_orm_judges_the_whole_chain_once() -> None:
     assert asyncio.run(orm.score_partial(PROBLEM, ["37+45=83\n"], ctx)) == pytest.approx(0.1)
 
 
+def test_reward_models_judge_the_prompt_the_policy_was_given() -> None:
+    """A run may format the problem (a chat template, a few-shot header): the PRM and the ORM
+    judge the steps after the prompt the policy saw, the query context's, not the raw text."""
+    b = ScriptedBackend()
+    raw = PROBLEM.model_copy(update={"prompt": "What is 37+45*2-18?"})
+    ctx = QueryContext(raw, b, prompt=PROMPT)
+    for v in (PRMVerifier(b), ORMVerifier(b)):
+        good, bad = asyncio.run(v.verify_many(raw, [RIGHT, WRONG_END], ctx))
+        assert (good.score, bad.score) == (pytest.approx(0.9), pytest.approx(0.1))
+        assert asyncio.run(v.score_partials(raw, [["37+45=82\n"], ["37+45=83\n"]], ctx)) == pytest.approx([0.9, 0.1])
+
+
 # -- cost: every verifier call is verifier work in the query's ledger ---------------------
 
 
@@ -424,6 +436,8 @@ def test_reference_prm_as_orm_ranks_the_whole_chain(prm_engine: Any) -> None:
     for v, text in [(good, RIGHT), (bad, WRONG_END)]:
         last = asyncio.run(prm.score_steps(None, PROMPT, prm.split(text)))[-1]
         assert v.score == pytest.approx(last, abs=1e-4)
+    # ...and so it ranks the chain with the wrong final answer below the right one.
+    assert good.score > bad.score
 
 
 @pytest.mark.engine
