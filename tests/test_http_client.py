@@ -97,7 +97,7 @@ def test_no_endpoint_answering_is_one_config_error_line_naming_each_url() -> Non
 def test_asking_for_the_batch_route_of_a_server_without_it_is_a_config_error() -> None:
     from ttc.backends.http import HTTPBackend
 
-    with stub() as (url, _), pytest.raises(ConfigError, match=r"backend\.batch_route: true, but .* has no /"):
+    with stub() as (url, _), pytest.raises(ConfigError, match=r"^batch_route: true, but .* has no /"):
         HTTPBackend(str(POLICY_PATH), endpoints=[url], batch_route=True)
 
 

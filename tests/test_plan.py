@@ -297,3 +297,27 @@ def test_cli_unknown_gpu_is_one_line(tmp_path: Path) -> None:
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "plan.gpu='h900'" in lines[0] and "h200" in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        (["plan.gpu_count=2"], "plan.gpu_count"),  # a misspelt key: Hydra says so in several lines
+        (["model=r1_distil"], "model/r1_distil"),
+    ],
+)
+def test_cli_hydra_errors_are_one_line(tmp_path: Path, overrides: list[str], needle: str) -> None:
+    done = run_cli(*overrides, out=tmp_path)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and needle in lines[0], done.stderr
+
+
+def test_cli_unwritable_out_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    done = subprocess.run(
+        [sys.executable, "-m", "ttc.plan", f"plan.out={tmp_path / 'file' / 'plan'}", f"hydra.run.dir={tmp_path}",
+         "hydra.output_subdir=null"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and "plan.out=" in lines[0], done.stderr

@@ -374,6 +374,8 @@ def test_bad_input_exits_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureF
     one_line_error(in_process(capsys, str(tmp_path / "garbled")), "summary.json", "not valid JSON")
     one_line_error(in_process(capsys, str(tmp_path / "garbled"), "--bogus"), "unrecognized arguments")
     one_line_error(in_process(capsys, str(tmp_path / "partial"), "--resamples", "0"), "--resamples")
+    good = make_run(tmp_path / "good", GRID[0][0], tokens=10, accuracy=0.5, queries=5)
+    one_line_error(in_process(capsys, str(good), "--seed", "-1", "--resamples", "20"), "--seed")
 
 
 def test_complete_runs_without_records_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -400,3 +402,16 @@ def test_torn_last_lines_are_ignored(tmp_path: Path) -> None:
     assert main([str(run), "--out", str(tmp_path / "out"), "--resamples", "20"]) == 0
     md = (tmp_path / "out" / "report.md").read_text()
     assert "| 5 |" in md and "1 torn or unreadable line(s)" in md
+
+
+def test_a_short_trial_and_the_full_run_count_each_query_once(tmp_path: Path) -> None:
+    # dataset.limit=3 to try a command, then the full run: the first three queries are the same queries
+    make_run(tmp_path / "trial", GRID[0][0], tokens=60, accuracy=0.5, queries=3)
+    make_run(tmp_path / "full", GRID[0][0], tokens=60, accuracy=0.5, queries=30)
+    (config,) = load([tmp_path]).configurations
+    assert len(config.runs) == 2 and len(config.queries) == 30
+    # another sample of problems (the dataset's seed) is other queries: pooled, not merged
+    make_run(tmp_path / "other", GRID[0][0], tokens=60, accuracy=0.5, queries=3,
+             settings={"dataset": {"seed": 1}})
+    (config,) = load([tmp_path]).configurations
+    assert len(config.queries) == 33

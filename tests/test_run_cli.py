@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,6 +20,14 @@ def run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "ttc.run", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
     )
+
+
+def _hub_reachable() -> bool:
+    try:
+        socket.getaddrinfo("huggingface.co", 443)
+    except OSError:
+        return False
+    return True
 
 
 @pytest.mark.parametrize(
@@ -54,6 +64,17 @@ def run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
         (["model.dtype=double"], "model.dtype: float64 runs on backend=hf"),
         (["backend.dtype=bf17"], "backend.dtype"),
         (["model.step_delimiter="], "model.step_delimiter"),
+        # Hydra's own errors, in one line too
+        (["strategy=best_of_nn"], "strategy/best_of_nn"),
+        (["strategy.beams=3"], "strategy.beams"),
+        # a setting nothing reads would change nothing, silently
+        (["+concurency=8"], "concurency"),
+        (["+cost.usd_per_hour=3"], "cost.usd_per_hour"),
+        (["cost.usd_per_gpu_hour=cheap"], "cost.usd_per_gpu_hour"),
+        (["cost.usd_per_gpu_hour=-2.9"], "cost.usd_per_gpu_hour"),
+        (["progress=maybe"], "progress"),
+        # a server that is not there, named by the section its address came from
+        (["backend=http", "backend.endpoints=[http://127.0.0.1:9]"], "config error: backend.endpoints: no server"),
     ],
 )
 def test_bad_config_fails_fast_with_one_line(tmp_path: Path, args: list[str], key: str) -> None:
@@ -85,6 +106,122 @@ def test_a_model_that_cannot_be_fetched_is_named_without_a_traceback(tmp_path: P
     p = run("model.path=ttc-tests/no-such-model", f"hydra.run.dir={tmp_path}", timeout=300)
     assert p.returncode == 2
     assert "config error: model: cannot load ttc-tests/no-such-model" in p.stderr and "Traceback" not in p.stderr
+    # transformers' message runs over several lines: only its first is ours to print
+    (line,) = [x for x in p.stderr.splitlines() if "config error" in x]
+    assert p.stderr.rstrip().endswith(line)
+    if not _hub_reachable():  # as here: said at once, not after half a minute of logged retries
+        assert p.stderr.strip() == line and "the hub (huggingface.co) cannot be reached" in line, p.stderr
+
+
+def test_a_bad_value_creates_no_run_directory(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    p = run("strategy=best_of_n", "strategy.n=lots", f"hydra.run.dir={out}", timeout=120)
+    assert p.returncode == 2 and "strategy.n" in p.stderr
+    assert not out.exists()  # refused before Hydra made it: no empty run left for the report to list
+
+
+@pytest.mark.parametrize("where", ["file/run", "/proc/ttc-run"])
+def test_an_output_directory_that_cannot_be_made_is_one_line(tmp_path: Path, where: str) -> None:
+    (tmp_path / "file").write_text("not a directory\n")
+    target = where if where.startswith("/") else str(tmp_path / where)
+    for args in ([f"hydra.run.dir={target}"], ["-m", "dataset.limit=1,2", f"hydra.sweep.dir={target}"]):
+        p = run(*args, timeout=120)
+        err = [line for line in p.stderr.strip().splitlines() if line.strip()]
+        assert p.returncode == 2 and len(err) == 1 and "hydra." in err[0], p.stderr
+        assert "Traceback" not in p.stderr
+
+
+def _compose(*overrides: str) -> Any:
+    from hydra import compose, initialize_config_dir
+
+    from ttc.run import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="config", overrides=["progress=false", *overrides])
+
+
+@pytest.fixture
+def scripted_build(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """``ttc.run.execute`` on the scripted engine instead of vLLM; returns the problem counts built."""
+    from strategies import BestOfN
+    from tests.fakes import ScriptedBackend
+    from ttc import run as run_module
+    from ttc.build import Built
+    from ttc.datasets import arith_problems
+
+    built: list[int] = []
+
+    def fake_build(spec: Any) -> Built:
+        async def grade(problem: Any, answer: Any) -> bool:
+            return answer.answer == problem.answer
+
+        problems = arith_problems(**spec.dataset_args)
+        built.append(len(problems))
+        return Built(problems=problems, strategy=BestOfN(**spec.strategy_args), backend=ScriptedBackend(),
+                     grade=grade, format_prompt=lambda p: p.prompt)
+
+    monkeypatch.setattr(run_module, "build", fake_build)
+    return built
+
+
+def test_a_run_directory_holding_another_configuration_is_refused(tmp_path: Path, scripted_build: list[int]) -> None:
+    from ttc.registry import ConfigError
+    from ttc.run import execute
+
+    first = execute(_compose("strategy=best_of_n", "strategy.n=2", "dataset.limit=3", "dataset.steps=2"), tmp_path)
+    kept = (tmp_path / "results.jsonl").read_text()
+    # Not "complete already" with the other run's summary, and no records of two configurations mixed
+    with pytest.raises(ConfigError, match=r"strategy\.n=2 \(asked: 4\)"):
+        execute(_compose("strategy=best_of_n", "strategy.n=4", "dataset.limit=3", "dataset.steps=2"), tmp_path)
+    assert (tmp_path / "results.jsonl").read_text() == kept
+    assert json.loads((tmp_path / "summary.json").read_text()) == first
+    # How it is driven may change: that is the same run, complete
+    again = execute(_compose("strategy=best_of_n", "strategy.n=2", "dataset.limit=3", "dataset.steps=2",
+                             "concurrency=1"), tmp_path)
+    assert again == first and scripted_build == [3]
+    (tmp_path / "config.yaml").write_text("strategy: [best_of_n\n")  # not something ttc.run wrote
+    with pytest.raises(ConfigError, match=r"config\.yaml is unreadable"):
+        execute(_compose("strategy=best_of_n", "strategy.n=2", "dataset.limit=3", "dataset.steps=2"), tmp_path)
+    assert (tmp_path / "results.jsonl").read_text() == kept
+
+
+def test_a_larger_limit_extends_a_complete_run(tmp_path: Path, scripted_build: list[int]) -> None:
+    from ttc.run import execute
+
+    execute(_compose("strategy=best_of_n", "strategy.n=2", "dataset.limit=2", "dataset.steps=2"), tmp_path)
+    more = execute(_compose("strategy=best_of_n", "strategy.n=2", "dataset.limit=5", "dataset.steps=2"), tmp_path)
+    assert more["n_queries"] == 5 and scripted_build == [2, 5]
+    ids = [json.loads(x)["id"] for x in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert len(ids) == 5 == len(set(ids))  # the first two were kept, not solved again
+
+
+def test_a_torn_summary_is_recomputed_not_a_traceback(tmp_path: Path, scripted_build: list[int]) -> None:
+    from ttc.run import execute
+
+    cfg = _compose("strategy=best_of_n", "strategy.n=2", "dataset.limit=3", "dataset.steps=2")
+    first = execute(cfg, tmp_path)
+    (tmp_path / "summary.json").write_text('{"n_queries": 3, "err')  # killed mid-write by an older version
+    again = execute(cfg, tmp_path)
+    assert again["n_queries"] == 3 and again["accuracy"] == first["accuracy"]
+    assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 3  # nothing solved twice
+
+
+def test_ctrl_c_says_where_the_records_are_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ttc import run as run_module
+
+    def interrupted(cfg: Any, out_dir: Path) -> dict[str, Any]:
+        (out_dir / "results.jsonl").write_text('{"id": "a", "error": null}\n{"id": "b", "error": null}\n')
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_module, "execute", interrupted)
+    monkeypatch.setattr(sys, "argv", ["ttc.run", f"hydra.run.dir={tmp_path}", "hydra.output_subdir=null"])
+    with pytest.raises(SystemExit) as exit_:
+        run_module.main()
+    assert exit_.value.code == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "interrupted: 2 queries recorded" in err[0] and "resume" in err[0], err
 
 
 @pytest.mark.engine
@@ -146,3 +283,39 @@ def test_code_task_end_to_end_with_the_sandboxed_verifier(tmp_path: Path) -> Non
         scores = [c["score"] for c in r["trace"]["candidates"]]
         assert len(scores) == 4 and set(scores) <= {0.0, 1.0}  # pass / fail on the visible tests
     assert summary["accuracy"] >= 0.5
+
+
+def test_failed_queries_are_explained_after_the_summary(
+    tmp_path: Path, scripted_build: list[int], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from strategies import BestOfN
+    from ttc import run as run_module
+
+    async def too_long(self: BestOfN, ctx: Any) -> Any:
+        raise RuntimeError("prompt of 300 tokens + 160 new exceeds max_model_len=256")
+
+    monkeypatch.setattr(BestOfN, "solve", too_long)
+    args = ["strategy=best_of_n", "strategy.n=2", "dataset.limit=2", "dataset.steps=2", "progress=false"]
+    monkeypatch.setattr(sys, "argv", ["ttc.run", *args, f"hydra.run.dir={tmp_path}", "hydra.output_subdir=null"])
+    run_module.main()
+    out, err = capsys.readouterr()
+    assert json.loads(out[: out.index("run directory")])["errors"] == 2
+    (line,) = err.strip().splitlines()
+    assert "2 of 2 queries failed" in line and "exceeds max_model_len=256" in line and "rerun" in line
+
+
+@pytest.mark.skipif(_hub_reachable(), reason="checks the machine without a hub")
+def test_a_sweep_with_an_unreachable_hub_model_fails_before_its_first_cell(tmp_path: Path) -> None:
+    p = run("-m", "model=reference,qwen2_5_math_1_5b", "dataset.limit=1", f"hydra.sweep.dir={tmp_path}", timeout=120)
+    err = [line for line in p.stderr.strip().splitlines() if line.strip()]
+    assert p.returncode == 2 and len(err) == 1, p.stderr
+    assert "Qwen/Qwen2.5-Math-1.5B-Instruct" in err[0] and "cannot be reached" in err[0]
+    assert list(tmp_path.iterdir()) == []  # the reference cell did not run first
+
+
+def test_a_sweep_cell_past_the_models_positions_fails_before_the_first_cell(tmp_path: Path) -> None:
+    p = run("-m", "model.max_model_len=256,4096", "dataset.limit=1", f"hydra.sweep.dir={tmp_path}", timeout=120)
+    err = [line for line in p.stderr.strip().splitlines() if line.strip()]
+    assert p.returncode == 2 and len(err) == 1, p.stderr
+    assert "max_model_len=4096 exceeds the model's 1024 positions" in err[0] and "model.max_model_len=4096" in err[0]
+    assert list(tmp_path.iterdir()) == []  # the 256 cell did not run first

@@ -8,11 +8,13 @@ settings for all runs of a sweep in the same process.
 from __future__ import annotations
 
 import inspect
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlparse
 
 from omegaconf import DictConfig, OmegaConf
 from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError, field_validator
@@ -62,6 +64,11 @@ class ModelSpec(BaseModel):
     @property
     def prm(self) -> str:
         return self.prm_path or str(PRM_PATH)
+
+
+# What configs/config.yaml holds; a run's settings live nowhere else.
+TOP_LEVEL = frozenset({"backend", "model", "strategy", "dataset", "verifier", "seed", "concurrency", "cohorts",
+                       "progress", "cost"})
 
 
 @dataclass
@@ -135,6 +142,23 @@ def check_config(cfg: DictConfig) -> RunSpec:
     elif v_engine:
         raise ConfigError(f"verifier.engine: verifier {v_name} runs no model of its own")
     b_args = check_args(backend_cls, b_args, "backend")
+    if b_name != "http":  # a remote server loads its own model
+        length = b_args.get("max_model_len") or model.max_model_len
+        models = [(model.policy, length)]
+        if v_name in VERIFIER_ENGINES:
+            own = model.prm if VERIFIER_ENGINES[v_name] == "prm" else model.policy
+            models.append((v_args.get("model_path") or own, v_engine.get("max_model_len") or length))
+        for path, positions in models:
+            # Here, not as the engine starts: in a sweep, before its first cell runs
+            if why := unreachable_hub_model(path):
+                raise ConfigError(f"model: {why}")
+            if Path(path).is_dir():  # a hub model's config is read as its engine starts, not fetched twice
+                try:
+                    check_context(path, positions)
+                except ModelError as exc:
+                    raise ConfigError(f"model: {exc}") from None
+                except OSError:  # no config.json: the loader names what is missing as the engine starts
+                    pass
     if b_args.get("dtype") is not None:
         try:
             b_args["dtype"] = compute_dtype(b_args["dtype"])
@@ -147,6 +171,18 @@ def check_config(cfg: DictConfig) -> RunSpec:
         if not isinstance(value, int) or isinstance(value, bool) or value < least:
             kind = "non-negative" if least == 0 else "positive"
             raise ConfigError(f"{key}: must be a {kind} integer (got {value!r})")
+    if not isinstance(cfg.get("progress", True), bool):
+        raise ConfigError(f"progress: must be true or false (got {cfg.get('progress')!r})")
+    price = (cfg.get("cost") or {}).get("usd_per_gpu_hour", 0.0)
+    if isinstance(price, bool) or not isinstance(price, int | float) or not 0 <= price < float("inf"):
+        raise ConfigError(f"cost.usd_per_gpu_hour: must be a non-negative number (got {price!r})")
+    # A +key=... that nothing reads is a typo (+concurency=8): it would change nothing, silently.
+    for key in cfg:
+        if key not in TOP_LEVEL:
+            raise ConfigError(f"{key}: no such setting; the top level holds {', '.join(sorted(TOP_LEVEL))}")
+    if set(cfg.get("cost") or {}) - {"usd_per_gpu_hour"}:
+        extra = sorted(set(cfg.cost) - {"usd_per_gpu_hour"})[0]
+        raise ConfigError(f"cost.{extra}: no such setting; cost holds usd_per_gpu_hour")
     return RunSpec(
         model=model,
         backend_name=b_name,
@@ -161,8 +197,8 @@ def check_config(cfg: DictConfig) -> RunSpec:
         seed=cfg.seed,
         concurrency=max(1, cfg.concurrency),
         cohorts=cfg.cohorts,
-        usd_per_gpu_hour=float(cfg.cost.usd_per_gpu_hour),
-        progress=bool(cfg.get("progress", True)),
+        usd_per_gpu_hour=float(price),
+        progress=cfg.get("progress", True),
     )
 
 
@@ -184,18 +220,46 @@ def _try_strategy(strategy_cls: type, args: dict[str, Any], with_verifier: bool)
 _ENGINES: dict[tuple[Any, ...], Backend] = {}
 
 
-def engine(name: str, model: str, seed: int, **args: Any) -> Backend:
-    """One engine per (backend, model, settings) per process: a sweep reuses it."""
+def unreachable_hub_model(model: str) -> str | None:
+    """Why ``model`` cannot load, where that is known at once: a hub id, not in the local cache, and
+    the hub's host does not resolve. Left to the loaders, the hub client would retry for half a
+    minute, logging two lines per attempt, before saying the same."""
+    if Path(model).expanduser().exists():
+        return None
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    try:
+        if isinstance(try_to_load_from_cache(model, "config.json"), str):
+            return None
+    except ValueError:  # not a repository id at all: the loader's own words say so
+        return None
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        return f"cannot load {model}: the hub ({host}) cannot be reached and the model is not in the local cache"
+    return None
+
+
+def engine(name: str, model: str, seed: int, *, section: str = "backend", **args: Any) -> Backend:
+    """One engine per (backend, model, settings) per process: a sweep reuses it. ``section``: where
+    its settings come from (``backend``, ``verifier.engine``), for the errors that name one."""
     key = (name, model, seed, tuple(sorted((k, repr(v)) for k, v in args.items())))
     if key not in _ENGINES:
+        if name != "http" and (why := unreachable_hub_model(model)):
+            raise ConfigError(f"model: {why}")
+        backend_cls = resolve(BACKENDS, name, "backend")
         try:
             if name != "http" and args.get("max_model_len"):  # every engine refuses a context past the
                 check_context(model, args["max_model_len"])  # positions, vLLM in a traceback; http: the server's
-            _ENGINES[key] = resolve(BACKENDS, name, "backend")(model=model, seed=seed, **args)
+            _ENGINES[key] = backend_cls(model=model, seed=seed, **args)
         except OSError as exc:  # transformers' own words: no such model, or no hub to fetch it from
-            raise ConfigError(f"model: cannot load {model}: {exc}") from None
+            words = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ConfigError(f"model: cannot load {model}: {words}") from None
         except ModelError as exc:
             raise ConfigError(f"model: {exc}") from None
+        except ConfigError as exc:  # a backend's own settings (http's endpoints), named by key alone
+            raise type(exc)(f"{section}.{exc}") from None
     return _ENGINES[key]
 
 
@@ -244,7 +308,9 @@ def build_verifier(spec: RunSpec, engine_args: dict[str, Any]) -> tuple[Any, KVG
         verifier = cls(**args)
         return verifier, getattr(verifier, "kv", None)
     path = args.get("model_path") or (spec.model.prm if default == "prm" else spec.model.policy)
-    verifier_backend = engine(spec.backend_name, path, spec.seed, **{**engine_args, **spec.verifier_engine})
+    section = "verifier.engine" if spec.verifier_engine else "backend"
+    verifier_backend = engine(spec.backend_name, path, spec.seed, section=section,
+                              **{**engine_args, **spec.verifier_engine})
     return cls(verifier_backend, **args), verifier_backend.kv
 
 

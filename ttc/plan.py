@@ -688,9 +688,13 @@ def main(cfg: DictConfig) -> None:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     out = Path(settings.out) if settings.out else Path(HydraConfig.get().runtime.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     text = json.dumps(report.model_dump(mode="json"), indent=2)
-    (out / "plan.json").write_text(text + "\n")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "plan.json").write_text(text + "\n")
+    except OSError as err:
+        print(f"error: plan.out={str(out)!r}: cannot write plan.json there ({err.strerror or err})", file=sys.stderr)
+        sys.exit(2)
     if settings.format == "json":
         print(text)
     else:
@@ -698,5 +702,30 @@ def main(cfg: DictConfig) -> None:
         print(f"plan.json: {out / 'plan.json'}")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """``main`` behind a composition of the command line, so that a misspelt group option or key
+    fails in one line, not in Hydra's several."""
+    args = sys.argv[1:]
+    if not any(a.startswith("-") for a in args):  # --help, --cfg, ...: Hydra's own
+        from hydra import compose, initialize_config_dir
+        from hydra.core.global_hydra import GlobalHydra
+        from hydra.errors import HydraException
+        from omegaconf.errors import OmegaConfBaseException
+
+        overrides = [a for a in args if not a.lstrip("+~").startswith(("hydra.", "hydra/"))]
+        GlobalHydra.instance().clear()
+        try:
+            with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+                compose(config_name="plan", overrides=overrides)
+        except (HydraException, OmegaConfBaseException) as err:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            hint = " (no such key)" if first.startswith("Could not override") else ""
+            print(f"error: {first}{hint}", file=sys.stderr)
+            sys.exit(2)
+        finally:
+            GlobalHydra.instance().clear()
     main()
+
+
+if __name__ == "__main__":
+    cli()

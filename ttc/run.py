@@ -7,7 +7,8 @@
 Each run directory holds ``config.yaml`` (resolved), ``results.jsonl`` (one
 record per query, appended as they finish) and ``summary.json`` (written last:
 a run without it is incomplete and resumes where it stopped; a run whose summary
-counts errored queries retries those when run again). A sweep cell that a grid
+counts errored queries retries those when run again; a directory holding a run
+of other settings is refused, see ``changed_settings``). A sweep cell that a grid
 axis does not apply to holds ``skipped.json``.
 """
 
@@ -17,11 +18,14 @@ import asyncio
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import hydra
+import yaml
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from ttc.build import Built, build, check_config
 from ttc.registry import UNKNOWN_OPTION, ConfigError
@@ -31,20 +35,78 @@ os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # the engine's INFO line
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 
 
+# How a run is driven, not what it computes: a rerun into the same directory may change these.
+DRIVING = frozenset({"concurrency", "cohorts", "progress"})
+# A rerun with another limit extends (or narrows) the same run: a query's record does not depend on it.
+EXTENDING = frozenset({"dataset.limit"})
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict) and value:
+        out: dict[str, Any] = {}
+        for key, inner in value.items():
+            out.update(_flat(inner, f"{prefix}{key}."))
+        return out
+    return {prefix.removesuffix("."): value}
+
+
+def changed_settings(out_dir: Path, cfg: DictConfig) -> dict[str, tuple[Any, Any]]:
+    """Settings that the run already in ``out_dir`` (its ``config.yaml``) has otherwise than ``cfg``:
+    dotted key -> (recorded, asked). A key only one side has is a default added or dropped since,
+    not a different run."""
+    path = out_dir / "config.yaml"
+    if not path.exists():
+        return {}
+    try:
+        # As it was written (OmegaConf's YAML, resolved then): read back the same way
+        recorded = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, OmegaConfBaseException) as exc:
+        raise ConfigError(f"run directory {out_dir}: its config.yaml is unreadable ({type(exc).__name__}); "
+                          "choose another run directory") from None
+    if not isinstance(recorded, dict):
+        raise ConfigError(f"run directory {out_dir}: its config.yaml is not a run's; choose another run directory")
+    old, new = _flat(recorded), _flat(OmegaConf.to_container(cfg, resolve=True))
+    return {k: (old[k], new[k]) for k in old.keys() & new.keys() if old[k] != new[k] and k not in DRIVING}
+
+
+def _read_summary(path: Path) -> dict[str, Any] | None:
+    """The run's summary; None when there is none or it was torn (it is recomputed from the records)."""
+    try:
+        done = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return done if isinstance(done, dict) else None
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    # A kill mid-write must not leave a torn file: the summary marks a run complete.
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def execute(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Run (or resume) one configuration into ``out_dir``; return its summary."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    changed = changed_settings(out_dir, cfg)
+    other = sorted(k for k in changed if k not in EXTENDING)
+    if other:
+        # Resuming would mix its records with another configuration's, and its summary would lie.
+        shown = ", ".join(f"{k}={changed[k][0]!r} (asked: {changed[k][1]!r})" for k in other[:3])
+        raise ConfigError(f"run directory {out_dir} holds a run with {shown}; "
+                          "rerun with its settings to resume it, or choose another run directory")
     summary_path = out_dir / "summary.json"
-    if summary_path.exists():
-        done = json.loads(summary_path.read_text())
+    done = _read_summary(summary_path)
+    if done is not None and not changed:
         if not done.get("errors"):
             print(f"complete already: {summary_path}")
             return done
         # Its summary stays until the retry writes the next: a run stopped midway is still complete.
         print(f"retrying the {done['errors']} errored queries of {out_dir}")
     spec = check_config(cfg)  # fails with one line before any engine starts
-    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     built: Built = build(spec)
+    # Only now: a run that could not start (no such model, a bad data file) leaves no run for the report to list.
+    _write_atomic(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     try:
         results = out_dir / "results.jsonl"
         asyncio.run(
@@ -67,7 +129,7 @@ def execute(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         wanted = {p.id for p in built.problems}
         records = [r for r in read_records(results) if r["id"] in wanted]
         summary = {**summarize(records), "strategy": spec.strategy_name, "dataset": spec.dataset_name}
-        summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+        _write_atomic(summary_path, json.dumps(summary, indent=2) + "\n")
     finally:
         built.close()
     return summary
@@ -81,6 +143,12 @@ def main(cfg: DictConfig) -> None:
     out_dir = Path(hc.runtime.output_dir)
     try:
         summary = execute(cfg, out_dir)
+    except KeyboardInterrupt:
+        # Every finished query is on disk already (appended and flushed as it finished).
+        kept = len(read_records(out_dir / "results.jsonl"))
+        print(f"interrupted: {kept} queries recorded in {out_dir / 'results.jsonl'}; "
+              "rerun the same command to resume", file=sys.stderr)
+        sys.exit(130)
     except ConfigError as exc:
         # In a sweep, a grid axis that one strategy does not take (strategy.n for
         # cot in `strategy=cot,best_of_n ++strategy.n=1,4,16`) skips that cell.
@@ -93,21 +161,46 @@ def main(cfg: DictConfig) -> None:
         sys.exit(2)
     print(json.dumps(summary, indent=2))
     print(f"run directory: {out_dir}")
+    if summary.get("errors"):
+        # An errored query counts as wrong: say why, or accuracy 0.0 reads as the strategy's fault.
+        first = next((r["error"] for r in read_records(out_dir / "results.jsonl") if r.get("error")), "?")
+        print(f"warning: {summary['errors']} of {summary['n_queries']} queries failed (the first: {first}); "
+              "rerun the same command to retry them", file=sys.stderr)
+
+
+def output_dir_error(overrides: list[str], multirun: bool) -> str | None:
+    """Why Hydra could not create the run (or sweep) directory, before it tries in a traceback."""
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    given = [o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith(f"{key}=")]
+    pattern = given[-1] if given else ("multirun" if multirun else "runs")
+    # The part before the first interpolation (${now:...}) is fixed: its nearest existing folder must take one more.
+    probe = Path(pattern.split("${", 1)[0] or ".").expanduser()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{key}: {probe} is a file, not a directory"
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=probe, prefix=".ttc-probe-"))
+    except OSError as exc:
+        return f"{key}: cannot create {pattern} ({exc.strerror or exc})"
+    return None
 
 
 def cli() -> None:
-    """``main`` behind a check of every sweep cell, so a bad grid fails before its first run."""
+    """``main`` behind a check of the command line (every cell of a sweep), so that a bad value
+    or an unwritable output directory fails in one line before any run starts."""
     args = sys.argv[1:]
-    if "-m" in args or "--multirun" in args:
-        overrides = [a for a in args if not a.startswith("-")]
-        # Other flags (--config-dir, --cfg, ...) change what Hydra composes: leave those sweeps to Hydra.
-        if all(a in ("-m", "--multirun") for a in args if a.startswith("-")):
-            from ttc.sweep import check_sweep
+    flags = [a for a in args if a.startswith("-")]
+    # Other flags (--config-dir, --cfg, --help, ...) change what Hydra composes or does: leave those to Hydra.
+    if all(a in ("-m", "--multirun") for a in flags):
+        from ttc.sweep import check_sweep
 
-            error = check_sweep(overrides, CONFIG_DIR)
-            if error:
-                print(f"config error: {error}", file=sys.stderr)
-                sys.exit(2)
+        overrides = [a for a in args if not a.startswith("-")]
+        multirun = bool(flags)
+        error = output_dir_error(overrides, multirun) or check_sweep(overrides, CONFIG_DIR, multirun=multirun)
+        if error:
+            print(f"config error: {error}", file=sys.stderr)
+            sys.exit(2)
     main()
 
 

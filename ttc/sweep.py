@@ -30,12 +30,15 @@ def sweep_cells(overrides: list[str]) -> list[list[str]]:
     return [cell for batch in BasicSweeper.split_arguments(parsed, None) for cell in batch]
 
 
-def check_sweep(overrides: list[str], config_dir: str, config_name: str = "config") -> str | None:
+def check_sweep(
+    overrides: list[str], config_dir: str, config_name: str = "config", *, multirun: bool = True
+) -> str | None:
     """One line describing the first bad cell, or None when every cell can run.
 
     A cell whose only problem is an option its strategy does not take is skipped
     at run time (``strategy.n`` for ``cot`` in ``strategy=cot,best_of_n
     strategy.n=1,4``); an option that no cell takes is a typo and fails here.
+    ``multirun=False`` checks a single run's command line: its one cell goes unnamed.
     """
     # hydra.* settings (sweep dir, launcher) do not change what a cell computes.
     job = [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
@@ -49,25 +52,26 @@ def check_sweep(overrides: list[str], config_dir: str, config_name: str = "confi
     try:
         with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
             for cell in cells:
-                where = " ".join(cell) or "(defaults)"
+                where = f" [cell: {' '.join(cell) or '(defaults)'}]" if multirun else ""
                 try:
                     check_config(compose(config_name=config_name, overrides=cell))
                 except ConfigError as exc:
                     if UNKNOWN_OPTION not in str(exc):
-                        return f"{exc} [cell: {where}]"
+                        return f"{exc}{where}"
                     key = str(exc).split(":")[0]
                     skipped[key] += 1
                     first_message.setdefault(key, str(exc))
                 except (HydraException, OmegaConfBaseException) as exc:
                     hint = ""
                     if "Could not override" in str(exc):
-                        hint = " (for a key only some cells' strategies take, write ++key=...)"
-                    return f"{first_line(exc)}{hint} [cell: {where}]"
+                        hint = (" (for a key only some cells' strategies take, write ++key=...)" if multirun
+                                else " (no such key in the config)")
+                    return f"{first_line(exc)}{hint}{where}"
     finally:
         GlobalHydra.instance().clear()
     for key, count in skipped.items():
         if count == len(cells):
-            return f"{first_message[key]} [every cell]"
+            return f"{first_message[key]}{' [every cell]' if multirun else ''}"
     return None
 
 

@@ -197,7 +197,7 @@ class HTTPBackend(Backend):
         has_route = api == "sglang" or bool(info.get("route"))
         if batch_route and not has_route:
             raise ConfigError(
-                f"backend.batch_route: true, but {endpoints[0]} has no {ROUTE_PATH}; start vLLM's server "
+                f"batch_route: true, but {endpoints[0]} has no {ROUTE_PATH}; start vLLM's server "
                 "with --middleware ttc.backends.vllm_route.batch_generate (or use api: sglang on SGLang's server)"
             )
         self.uses_route = has_route and batch_route is not False

@@ -33,6 +33,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.resamples < 1:
         parser.error("--resamples must be at least 1")
+    if args.seed < 0:  # numpy's generators take none below 0, in a traceback
+        parser.error("--seed must be 0 or more")
     try:
         written = write_report(args.inputs, out=args.out, title=args.title, dataset=args.dataset,
                                resamples=args.resamples, seed=args.seed)

@@ -34,6 +34,9 @@ POOLED = frozenset({"seed", "concurrency", "cohorts", "progress", "hydra"})
 # dataset.name is one per report (``load``); the rest pick the sample or its difficulty. Keys that
 # change how a problem is posed (arith's ``direct``, mbpp's ``n_visible``) stay apart.
 POOLED_DATASET = frozenset({"name", "steps", "limit", "seed", "shuffle", "path", "split", "max_operand", "max_const"})
+# Dataset keys that choose which problems a run poses, not what a problem is: a query is the same query
+# under any of their values.
+SAMPLE_ONLY = frozenset({"limit", "shuffle"})
 # Any other setting outside the strategy changes what is measured; where it varies it joins the
 # label, these sections' keys first and each section's name before its options.
 SECTION_ORDER = ("model", "verifier", "backend")
@@ -261,8 +264,11 @@ def group(runs: list[Run]) -> list[Configuration]:
             seen[identity] = set()
         config = configs[identity]
         config.runs.append(run.path)
-        # The same sweep passed twice, or a copy of a run, must not count its queries twice
-        where = _key(run.config.get("dataset"))
+        # The same sweep passed twice, a copy of a run, or a run and its shorter trial (dataset.limit=3,
+        # then 100) must not count a query twice: the limit and the order pick problems, not change them.
+        dataset = run.config.get("dataset")
+        where = _key({k: v for k, v in dataset.items() if k not in SAMPLE_ONLY} if isinstance(dataset, dict)
+                     else dataset)
         for q in run.queries:
             key = (where, run.config.get("seed"), q.id)
             if key not in seen[identity]:
