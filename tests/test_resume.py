@@ -91,7 +91,8 @@ def test_sigkill_mid_sweep_then_rerun(tmp_path: Path) -> None:
 
 @pytest.mark.engine
 def test_ctrl_c_mid_run_says_so_in_one_line_and_keeps_what_finished(tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "ttc.run", "strategy=best_of_n", "strategy.n=2", "dataset.limit=24", "concurrency=2",
+    # Far more queries, one at a time, than can finish between the third record and the signal
+    cmd = [sys.executable, "-m", "ttc.run", "strategy=best_of_n", "strategy.n=2", "dataset.limit=5000", "concurrency=1",
            "progress=false", f"hydra.run.dir={tmp_path}"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
