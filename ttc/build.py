@@ -245,9 +245,7 @@ def engine(name: str, model: str, seed: int, *, section: str = "backend", **args
     """One engine per (backend, model, settings) per process: a sweep reuses it. ``section``: where
     its settings come from (``backend``, ``verifier.engine``), for the errors that name one."""
     key = (name, model, seed, tuple(sorted((k, repr(v)) for k, v in args.items())))
-    if key not in _ENGINES:
-        if name != "http" and (why := unreachable_hub_model(model)):
-            raise ConfigError(f"model: {why}")
+    if key not in _ENGINES:  # (a hub model that cannot be fetched was refused by check_config)
         backend_cls = resolve(BACKENDS, name, "backend")
         try:
             if name != "http" and args.get("max_model_len"):  # every engine refuses a context past the
