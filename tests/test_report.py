@@ -106,6 +106,9 @@ def make_sweep(root: Path, queries: int = 30) -> Path:
     (root / "strategy=cot,strategy.n=4").mkdir()
     (root / "strategy=cot,strategy.n=4" / "skipped.json").write_text('{"reason": "strategy.n"}')
     (root / "strategy=cot,strategy.n=16").mkdir()  # a skipped cell that left nothing
+    (root / "strategy=cot,++strategy.n=64").mkdir()  # a cell whose configuration another cell ran
+    (root / "strategy=cot,++strategy.n=64" / "same_as.json").write_text(
+        '{"same_as": ["strategy=cot", "++strategy.n=1"], "without": ["strategy.n"]}')
     (root / "multirun.yaml").write_text("hydra: {}\n")
     return root
 
@@ -222,7 +225,7 @@ def test_incomplete_runs_are_listed_not_counted(report: Path) -> None:
     assert "1 incomplete run(s) left out" in md
     assert "strategy=mcts,strategy.simulations=128" in md
     assert "sims=128" not in md  # its 7 records are in no table
-    assert "1 skipped sweep cell(s)" in md
+    assert "1 skipped sweep cell(s)" in md and "1 sweep cell(s) run by another" in md
     assert f"{len(GRID)} torn or unreadable line(s)" in md  # one per steps=8 run
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,6 +36,9 @@ def _hub_reachable() -> bool:
     [
         (["strategy=best_of_n", "strategy.select=loudest"], "strategy.select"),
         (["+strategy.beams=3"], "strategy.beams"),
+        # an option the strategy does not take is dropped only from the cells of a sweep that takes it elsewhere
+        (["strategy=cot", "++strategy.nn=3"], "strategy.nn: not a known option"),
+        (["strategy=cot", "++strategy.n=3"], "strategy.n: not a known option"),
         (["dataset.steps=four"], "dataset.steps"),
         (["dataset.steps=0"], "dataset.steps"),  # the generator's own bounds, before any engine starts
         (["dataset.max_operand=1"], "dataset.max_operand"),
@@ -250,18 +254,42 @@ def test_default_job_runs_and_resumes(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "summary.json").read_text())["errors"] == 0
 
 
-@pytest.mark.engine
-def test_a_sweep_cell_that_an_axis_does_not_apply_to_is_recorded_as_skipped(tmp_path: Path) -> None:
-    p = run("-m", "strategy=cot,best_of_n", "++strategy.n=2", "dataset.limit=2", "progress=false",
-            f"hydra.sweep.dir={tmp_path}")
-    assert p.returncode == 0, p.stderr[-2000:]
-    (cell,) = tmp_path.rglob("skipped.json")  # cot takes no n
-    assert "strategy=cot" in str(cell) and "strategy.n" in json.loads(cell.read_text())["reason"]
-    assert len(list(tmp_path.rglob("summary.json"))) == 1
-    report = subprocess.run([sys.executable, "-m", "ttc.report", str(tmp_path)], cwd=ROOT, capture_output=True,
-                            text=True, timeout=300)
-    assert report.returncode == 0, report.stderr
-    assert "1 skipped sweep cell(s)" in (tmp_path / "report" / "report.md").read_text()
+def test_a_strategy_that_takes_no_axis_of_a_sweep_runs_once_without_it(
+    tmp_path: Path, scripted_build: list[int], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`strategy=cot,best_of_n ++strategy.n=1,2`: cot takes no n, so its first cell runs it without n, its
+    other cell points at that one, and the report counts cot once."""
+    from ttc import run as run_module
+    from ttc.report.cli import main as report_main
+    from ttc.report.data import load
+
+    monkeypatch.setattr(sys, "argv", ["ttc.run", "-m", "strategy=cot,best_of_n", "++strategy.n=1,2", "dataset.limit=2",
+                                      "dataset.steps=2", "progress=false", f"hydra.sweep.dir={tmp_path}"])
+    run_module.cli()  # as `python -m ttc.run`: the sweep's check, then its cells in this process
+    out = capsys.readouterr().out
+    assert scripted_build == [2, 2, 2]  # cot once, best_of_n(n=1) and best_of_n(n=2)
+    assert out.count("cot takes no strategy.n: run once, without it") == 1, out
+    assert out.count("cot takes no strategy.n: run once, in cell [strategy=cot ++strategy.n=1 ") == 1, out
+    runs = {p.parent for p in tmp_path.rglob("summary.json")}
+    sizes = sorted(str(yaml.safe_load((r / "config.yaml").read_text())["strategy"].get("n")) for r in runs)
+    assert sizes == ["1", "2", "None"]  # the cot run's config holds no n
+    (same,) = tmp_path.rglob("same_as.json")
+    assert "strategy=cot" in same.parent.name and "strategy.n=2" in same.parent.name
+    marker = json.loads(same.read_text())
+    assert marker["same_as"][:2] == ["strategy=cot", "++strategy.n=1"] and marker["without"] == ["strategy.n"]
+    assert not list(tmp_path.rglob("skipped.json"))
+
+    inputs = load([tmp_path])
+    assert sorted(c.label for c in inputs.configurations) == ["best_of_n(n=1)", "best_of_n(n=2)", "cot"]
+    assert inputs.same_as == [same.parent.resolve()] and inputs.skipped == []
+    assert report_main([str(tmp_path), "--out", str(tmp_path / "report"), "--resamples", "20"]) == 0
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "3 complete run(s) in 3 configuration(s)" in md and "1 sweep cell(s) run by another" in md
+
+    run_module.cli()  # the same command again: every configuration is complete, none runs twice
+    assert scripted_build == [2, 2, 2]
+    assert "complete already" in capsys.readouterr().out
+    assert len(list(tmp_path.rglob("same_as.json"))) == 1
 
 
 @pytest.mark.engine

@@ -8,8 +8,9 @@ Each run directory holds ``config.yaml`` (resolved), ``results.jsonl`` (one
 record per query, appended as they finish) and ``summary.json`` (written last:
 a run without it is incomplete and resumes where it stopped; a run whose summary
 counts errored queries retries those when run again; a directory holding a run
-of other settings is refused, see ``changed_settings``). A sweep cell that a grid
-axis does not apply to holds ``skipped.json``.
+of other settings is refused, see ``changed_settings``). A sweep cell whose
+strategy does not take an option of the sweep runs without it, once: the cells
+alike after that hold ``same_as.json`` naming the cell that ran it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import hydra
 import yaml
@@ -150,15 +151,18 @@ def main(cfg: DictConfig) -> None:
               "rerun the same command to resume", file=sys.stderr)
         sys.exit(130)
     except ConfigError as exc:
-        # In a sweep, a grid axis that one strategy does not take (strategy.n for
-        # cot in `strategy=cot,best_of_n ++strategy.n=1,4,16`) skips that cell.
+        # In a sweep, an option of its command line that this cell's strategy (verifier, ...) does not
+        # take (strategy.n for cot in `strategy=cot,best_of_n ++strategy.n=1,4,16`) is dropped, and of
+        # the cells then alike only the first runs (ttc/sweep.py).
         if str(hc.mode) == "RunMode.MULTIRUN" and UNKNOWN_OPTION in str(exc):
-            print(f"skipped: {exc}")
-            out_dir.mkdir(parents=True, exist_ok=True)  # the report counts the cell as skipped, not lost
-            (out_dir / "skipped.json").write_text(json.dumps({"reason": str(exc)}) + "\n")
+            try:
+                runs = _drop_untaken_options(cfg, hc, out_dir, exc)
+            except ConfigError as other:  # a problem besides the options not taken
+                _config_error(other)
+            if runs:
+                main(cfg)  # main again, without them: its summary, its Ctrl-C, its errors
             return
-        print(f"config error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        _config_error(exc)
     print(json.dumps(summary, indent=2))
     print(f"run directory: {out_dir}")
     if summary.get("errors"):
@@ -166,6 +170,35 @@ def main(cfg: DictConfig) -> None:
         first = next((r["error"] for r in read_records(out_dir / "results.jsonl") if r.get("error")), "?")
         print(f"warning: {summary['errors']} of {summary['n_queries']} queries failed (the first: {first}); "
               "rerun the same command to retry them", file=sys.stderr)
+
+
+def _config_error(exc: ConfigError) -> NoReturn:
+    print(f"config error: {exc}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _drop_untaken_options(cfg: DictConfig, hc: Any, out_dir: Path, error: ConfigError) -> bool:
+    """Drop from a sweep cell's ``cfg`` the options of the sweep's command line that it does not take
+    (docs/sweeps.md). True: this cell runs it so. False: an earlier cell runs the same, and this one
+    says so in ``same_as.json``. Raises the cell's ConfigError for any other problem."""
+    from ttc.sweep import drop_untaken, first_alike, launched_cells
+
+    cell = list(hc.overrides.task)
+    dropped = drop_untaken(cfg, cell)
+    if not dropped:  # not an option of this cell's
+        raise error
+    owners: dict[str, list[str]] = {}  # cot -> [strategy.n]
+    for key in dropped:
+        owners.setdefault(cfg[key.split(".")[0]].name, []).append(key)
+    what = "; ".join(f"{name} takes no {', '.join(keys)}" for name, keys in owners.items())
+    first = first_alike(launched_cells(Path(hc.runtime.cwd, hc.sweep.dir)), cell, dropped)
+    if first == cell:
+        print(f"{what}: run once, without {'it' if len(dropped) == 1 else 'them'}")
+        return True
+    print(f"{what}: run once, in cell [{' '.join(first)}]")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_atomic(out_dir / "same_as.json", json.dumps({"same_as": first, "without": list(dropped)}) + "\n")
+    return False
 
 
 def output_dir_error(overrides: list[str], multirun: bool) -> str | None:

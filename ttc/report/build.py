@@ -310,6 +310,8 @@ def runs(r: Ranked) -> Section:
     blocks: list[Block] = [Bullets([
         f"{complete} complete run(s) in {len(inputs.configurations)} configuration(s).",
         f"{len(inputs.incomplete)} incomplete run(s) (no `summary.json` yet): left out of every table above.",
+        f"{len(inputs.same_as)} sweep cell(s) run by another (`same_as.json`): the same configuration "
+        "once the options their strategy does not take are dropped.",
         f"{len(inputs.skipped)} skipped sweep cell(s) (`skipped.json`).",
         f"{inputs.bad_lines} torn or unreadable line(s) in `results.jsonl` skipped.",
     ])]

@@ -6,6 +6,8 @@ dataset's difficulty knob, the dataset sample, the seed) or in how they were dri
 (concurrency, progress bar) are one configuration: their queries are pooled, so
 ``dataset.steps=2,4,8`` sweeps feed the per-difficulty table. Any other setting that
 differs (the verifier's aggregation, a backend option, ...) makes a configuration of its own.
+A sweep cell that another cell ran for it (``same_as.json``: the options it does not take
+dropped, the two are alike) is counted, not read.
 """
 
 from __future__ import annotations
@@ -88,16 +90,21 @@ class Inputs:
     skipped: list[Path]
     dataset: str
     bad_lines: int
+    same_as: list[Path] = field(default_factory=list)  # sweep cells that another cell ran for
 
 
 def load(paths: Iterable[Path], dataset: str | None = None) -> Inputs:
     """Everything the report needs from ``paths`` (sweep or run directories)."""
     paths = list(paths)
-    complete, incomplete, skipped = [], [], []
+    complete, incomplete, skipped, same_as = [], [], [], []
     for run_dir in discover(paths):
-        if (run_dir / "skipped.json").exists() and not (run_dir / "results.jsonl").exists():
-            skipped.append(run_dir)
-            continue
+        if not (run_dir / "results.jsonl").exists():
+            if (run_dir / "same_as.json").exists():
+                same_as.append(run_dir)
+                continue
+            if (run_dir / "skipped.json").exists():  # written by earlier versions of ttc.run
+                skipped.append(run_dir)
+                continue
         run = read_run(run_dir)
         (complete if run.complete else incomplete).append(run)
     datasets = sorted({r.dataset for r in complete + incomplete})
@@ -124,6 +131,7 @@ def load(paths: Iterable[Path], dataset: str | None = None) -> Inputs:
         skipped=skipped,
         dataset=names[0],
         bad_lines=sum(r.bad_lines for r in complete),
+        same_as=same_as,
     )
 
 
@@ -140,7 +148,7 @@ def discover(paths: Iterable[Path]) -> list[Path]:
         for root, dirs, files in os.walk(path, onerror=_walk_error):
             # Hydra keeps its own config.yaml in .hydra/: not a run
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            if "config.yaml" in files or "skipped.json" in files:
+            if {"config.yaml", "skipped.json", "same_as.json"} & set(files):
                 found.setdefault(Path(root).resolve(), None)
     return list(found)
 
