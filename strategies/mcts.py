@@ -4,7 +4,7 @@
         select `parallel` leaves by PUCT (or UCT), adding virtual loss along each path
             so the next selection in the same wave goes elsewhere
             (PUCT's prior of a child: the policy's probability of its step, softmax over siblings)
-        expand every selected leaf: k next steps in one request (n=k)
+        expand every selected leaf: k next steps in one request (n=k), one child per distinct step
         evaluate each child: PRM value of its step, and/or a rollout to a final answer
         backpropagate the values along each path; remove the virtual loss
     answer: the finished chain with the best value (or a value-weighted vote)
@@ -125,6 +125,11 @@ class MCTS(Strategy):
             max_step_tokens=self.max_step_tokens,
             max_depth=self.max_depth,
             logprobs=self.selection == "puct",
+            # A step sampled twice is one state. As two children, they would split its
+            # visits, and which twin a wave picked (virtual loss sends the next selection
+            # to the twin) would turn on float noise in their log-probabilities, which
+            # changes with the batch: the search would differ with the concurrency.
+            distinct=True,
         )
         sims = 0
         while sims < self.simulations:

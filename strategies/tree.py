@@ -56,10 +56,12 @@ async def expand(
     max_step_tokens: int = 48,
     max_depth: int = 12,
     logprobs: bool = False,
+    distinct: bool = False,
 ) -> list[list[Node]]:
     """Sample ``k`` next steps for every parent (or ``k[i]`` for parent i), all in
     one engine call, one request with ``n=k`` per parent. ``logprobs``: fill each
-    child's ``logprob`` (engines report it only when asked)."""
+    child's ``logprob`` (engines report it only when asked). ``distinct``: a step
+    sampled twice from one parent is one child (the same text is the same state)."""
     if not parents:
         return []
     delim = ctx.step_delimiter
@@ -76,6 +78,8 @@ async def expand(
     for parent, res in zip(parents, results, strict=True):
         kids = []
         for c in res.completions:
+            if distinct and any(kid.steps[-1] == c.text for kid in kids):
+                continue
             steps = [*parent.steps, c.text]
             kids.append(
                 Node(

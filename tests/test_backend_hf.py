@@ -274,3 +274,25 @@ def test_the_stop_check_skips_only_tokens_that_cannot_end_a_stop(hf) -> None:
         for c in r.completions:
             assert c.finish_reason == "stop" and c.text.endswith(("A:", "=1")), c.text
             assert "A:" not in c.text[:-1] and "=1" not in c.text[:-1]
+
+
+def test_mcts_searches_the_same_whatever_else_shares_its_batches() -> None:
+    # Logits, hence step log-probabilities (PUCT's priors), move in the last bits with the
+    # batch. Twin children (one step sampled twice) would tie up to that noise, and which
+    # twin a search followed would turn on what else was in flight.
+    from ttc.backends.hf import HFBackend
+
+    problems = arith_problems(limit=16, steps=6, seed=2024)
+    policy = backend(max_num_seqs=1024)
+    prm = PRMVerifier(HFBackend(str(PRM_PATH), device="cpu", dtype="float32", max_num_seqs=1024))
+
+    async def grade(problem, answer) -> bool:
+        return equivalent(problem.answer, answer.answer)
+
+    def completions(concurrency: int) -> dict[str, str]:
+        mcts = MCTS(simulations=16, branching=4, parallel=1, verifier=prm)
+        records = asyncio.run(run_queries(problems, mcts, policy, grade, concurrency=concurrency, seed=2024,
+                                          progress=False))
+        return {r["id"]: r["completion"] for r in records}
+
+    assert completions(16) == completions(1)

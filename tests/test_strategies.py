@@ -194,12 +194,27 @@ def test_dvts_subtrees_sample_the_same_whatever_order_their_calls_reach_the_engi
 
 
 def test_mcts_expands_several_leaves_per_wave_in_one_batch() -> None:
-    b = ScriptedBackend(p_correct=0.5)
+    # The stand-in knows two steps (right, off by one): a state that drew the wrong one k
+    # times has no other child (twins are one child), so it needs p high enough to search.
+    b = ScriptedBackend(p_correct=0.7)
     mcts = MCTS(simulations=24, branching=3, parallel=3, verifier=PRMVerifier(b))
     assert accuracy(mcts, b) >= 0.8
     # virtual loss spreads a wave over distinct leaves: one engine batch holds
     # several leaves of every query's tree
     assert max(len(call) for call in b.calls) > len(PROBLEMS)
+
+
+def test_mcts_keeps_one_child_per_distinct_step() -> None:
+    b = ScriptedBackend(p_correct=0.5)  # two steps to draw from: k=4 samples hold twins
+    mcts = MCTS(simulations=12, branching=4, verifier=PRMVerifier(b))
+    tree, _ = asyncio.run(mcts.search(QueryContext(PROBLEMS[0], b)))
+    parents, stack = [], [tree]
+    while stack:
+        node = stack.pop()
+        stack += node.children
+        parents += [node] if node.children else []
+    assert parents and all(len({c.steps[-1] for c in n.children}) == len(n.children) <= 2 for n in parents)
+    assert all(r.n == 4 for call in b.calls for r in call)  # k samples drawn all the same
 
 
 def test_mcts_rollout_evaluation_finds_answers() -> None:
