@@ -45,6 +45,9 @@ def main() -> None:
     if args.device == "cuda":
         out["gpu"] = torch.cuda.get_device_name(0)
 
+    def save() -> None:  # after each check: what is done survives a timeout
+        args.out.write_text(json.dumps(out, indent=2) + "\n")
+
     gpu = HFBackend(str(POLICY_PATH), device=args.device, dtype="float32")
     cpu = HFBackend(str(POLICY_PATH), device="cpu", dtype="float32")
     reqs = [GenRequest(prompt=p.prompt(), temperature=0.0, max_tokens=80) for p in arith.generate(8, 4, seed=5)]
@@ -52,6 +55,7 @@ def main() -> None:
     out["greedy_matches_cpu"] = [
         x.completions[0].token_ids == y.completions[0].token_ids for x, y in zip(a, b, strict=True)
     ]
+    save()
 
     problems = arith_problems(limit=32, steps=4, seed=77)
     one_per_pass = HFBackend(str(POLICY_PATH), device=args.device, dtype="float32", max_num_seqs=1)
@@ -69,6 +73,7 @@ def main() -> None:
         s["generated_tokens_per_s"] = s["generated_tokens"] * len(recs) / s["wall_s"]
         out[name] = {k: s[k] for k in ("accuracy", "errors", "generated_tokens", "gpu_seconds", "kv_peak_bytes",
                                        "kv_peak_bytes_unshared", "wall_s", "generated_tokens_per_s")}
+        save()
 
     same = [x == y for x, y in zip(completions["best_of_8"], completions["best_of_8_one_per_pass"], strict=True)]
     out["best_of_8_same_completion_one_per_pass"] = sum(same) / len(same)
@@ -80,6 +85,7 @@ def main() -> None:
     good = asyncio.run(prm.score_steps(None, "Q:37+45*2-18=?\n", ["37+45=82\n", "82*2=164\n"]))
     bad = asyncio.run(prm.score_steps(None, "Q:37+45*2-18=?\n", ["37+45=82\n", "82*2=146\n"]))
     out["prm_good_vs_bad_last_step"] = [good[-1], bad[-1]]
+    save()
 
     beams = {}
     for name, gib in (("beam_search_prefix_cache", 1.0), ("beam_search_no_cache", 0.0)):
@@ -92,13 +98,14 @@ def main() -> None:
         s = summarize(recs)
         out[name] = {k: s[k] for k in ("accuracy", "errors", "cached_tokens", "ideal_cached_tokens")}
         out[name]["wall_s"] = time.perf_counter() - t
+        save()
     out["prefix_cache_speedup"] = out["beam_search_no_cache"]["wall_s"] / out["beam_search_prefix_cache"]["wall_s"]
     same = [x == y for x, y in zip(beams["beam_search_prefix_cache"], beams["beam_search_no_cache"], strict=True)]
     out["beam_search_same_completion_without_cache"] = sum(same) / len(same)
     if args.device == "cuda":
         out["max_memory_allocated_bytes"] = torch.cuda.max_memory_allocated()
     print(json.dumps(out, indent=2))
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
+    save()
 
 
 if __name__ == "__main__":
