@@ -1,15 +1,20 @@
-"""A sweep killed with SIGKILL and rerun with the same command loses no record and duplicates none."""
+"""A sweep killed with SIGKILL and rerun with the same command loses no record and duplicates none;
+Ctrl-C stops a run in one line, keeping what finished and leaving no process behind."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import psutil
 import pytest
 
 from ttc.runner import drop_torn_tail, read_records
@@ -87,3 +92,110 @@ def test_sigkill_mid_sweep_then_rerun(tmp_path: Path) -> None:
     after = {r["id"]: r for r in read_records(first)}
     for rec in before:  # records written before the kill are kept as they were
         assert after[rec["id"]]["completion"] == rec["completion"]
+
+
+def test_an_engine_call_that_never_returns_does_not_hold_up_the_exit() -> None:
+    """What Ctrl-C met when an engine died mid-batch: its call never returns, and asyncio.run
+    (then the interpreter's exit) waited forever for an executor thread still in it."""
+    import asyncio
+
+    from ttc.backends.batching import MicroBatcher, wait_for_engine_calls
+
+    stuck = threading.Event()
+
+    def run(jobs: Sequence[int], batch_id: int) -> list[int]:
+        stuck.wait()
+        return list(jobs)
+
+    async def interrupted() -> None:
+        with contextlib.suppress(asyncio.TimeoutError):  # as a cancelled run's queries are
+            await asyncio.wait_for(MicroBatcher(run).submit([1]), 0.2)
+
+    loop_thread = threading.Thread(target=asyncio.run, args=(interrupted(),), daemon=True)
+    try:
+        loop_thread.start()
+        loop_thread.join(10)
+        assert not loop_thread.is_alive(), "asyncio.run waits for the engine call"
+        assert not wait_for_engine_calls(0.1)  # the wait for it is bounded
+    finally:
+        stuck.set()
+    assert wait_for_engine_calls(10)
+
+
+def _group_alive(pgid: int) -> list[str]:
+    """The processes of a process group still running (a zombie waits for its reaper only)."""
+    alive = []
+    for p in psutil.process_iter(["name", "status"]):
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            if os.getpgid(p.pid) == pgid and p.info["status"] != psutil.STATUS_ZOMBIE:
+                alive.append(f"{p.pid} {p.info['name']}")
+    return alive
+
+
+def _ctrl_c(tmp_path: Path, args: list[str], ready: Callable[[subprocess.Popen[bytes]], bool]) -> tuple[int, str]:
+    """Run ``python -m ttc.run *args`` into ``tmp_path``, send SIGINT to it alone (not its engine's
+    processes) once ``ready(proc)``, and return its exit code and stderr once it and every process
+    it started are gone. In its own session, so that whatever happens its whole group is killed."""
+    cmd = [sys.executable, "-m", "ttc.run", *args, "progress=false", f"hydra.run.dir={tmp_path}"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with (tmp_path / "stderr").open("w") as err:  # a file, not a pipe that nobody drains meanwhile
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err,
+                                start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while not ready(proc):
+            assert proc.poll() is None, f"exited ({proc.returncode}) before the signal"
+            assert time.time() < deadline, "not ready for the signal in 300 s"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"still running 120 s after SIGINT: {_group_alive(proc.pid)}")
+        exited = time.time()
+        while _group_alive(proc.pid) and time.time() < exited + 5:
+            time.sleep(0.2)
+        assert not _group_alive(proc.pid), "processes of the run outlived it"
+        return proc.returncode, (tmp_path / "stderr").read_text()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.mark.engine
+def test_ctrl_c_mid_run_says_so_in_one_line_and_keeps_what_finished(tmp_path: Path) -> None:
+    results = tmp_path / "results.jsonl"
+    limit = 20000  # a query takes ~0.1 s: hours of work, so the signal always lands mid-run
+
+    def three_recorded(proc: subprocess.Popen[bytes]) -> bool:
+        return results.exists() and len(results.read_text().splitlines()) >= 3
+
+    code, err = _ctrl_c(tmp_path, ["strategy=best_of_n", "strategy.n=2", f"dataset.limit={limit}", "concurrency=1"],
+                        three_recorded)
+    assert code == 130, err[-2000:]
+    assert "Traceback" not in err, err[-2000:]
+    kept = read_records(results)
+    assert f"interrupted: {len(kept)} queries recorded in {results}; rerun the same command to resume" in err
+    assert 3 <= len(kept) < limit and all(r["error"] is None for r in kept)
+    assert not (tmp_path / "summary.json").exists()
+    ids = [json.loads(x)["id"] for x in results.read_text().splitlines()]  # every line whole
+    assert len(ids) == len(kept) == len(set(ids))
+
+
+@pytest.mark.engine
+def test_ctrl_c_while_the_engine_starts_stops_the_run(tmp_path: Path) -> None:
+    """vLLM swallows a KeyboardInterrupt raised while it waits for its engine to start; the run
+    once went on regardless, or waited ten minutes for the engine that the interrupt cut off."""
+
+    def engine_starting(proc: subprocess.Popen[bytes]) -> bool:
+        with contextlib.suppress(psutil.Error):
+            return any("EngineCore" in c.name() for c in psutil.Process(proc.pid).children())
+        return False
+
+    code, err = _ctrl_c(tmp_path, ["dataset.limit=20000"], engine_starting)
+    assert code == 130, err[-2000:]
+    assert "Traceback" not in err, err[-2000:]
+    assert "interrupt: stopping once the engines have started" in err  # it landed while the engine started
+    assert f"interrupted: 0 queries recorded in {tmp_path / 'results.jsonl'}" in err
+    assert not (tmp_path / "results.jsonl").exists() and not (tmp_path / "summary.json").exists()

@@ -16,18 +16,25 @@ alike after that hold ``same_as.json`` naming the cell that ran it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import signal
 import sys
 import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Any, NoReturn
 
 import hydra
+import psutil
 import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from ttc.backends.batching import wait_for_engine_calls
 from ttc.build import Built, build, check_config
 from ttc.registry import UNKNOWN_OPTION, ConfigError
 from ttc.runner import read_records, run_queries, summarize
@@ -40,6 +47,9 @@ CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 DRIVING = frozenset({"concurrency", "cohorts", "progress"})
 # A rerun with another limit extends (or narrows) the same run: a query's record does not depend on it.
 EXTENDING = frozenset({"dataset.limit"})
+# On Ctrl-C, how long the engine batch in flight may take to finish, so that the engines shut
+# down idle at exit; one that never returns (its engine died mid-batch) is left behind then.
+INTERRUPT_GRACE_S = 10.0
 
 
 def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -86,6 +96,45 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _leave_now(signum: int, frame: FrameType | None) -> None:
+    """A second Ctrl-C: stop the engines' processes rather than wait for their shutdown, and exit.
+    An engine process outlives its parent otherwise; multiprocessing's resource tracker ignores
+    SIGTERM and cleans up their shared memory once this process is gone."""
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            child.terminate()
+    os._exit(130)
+
+
+@contextlib.contextmanager
+def _ctrl_c_held() -> Iterator[None]:
+    """Ctrl-C while the engines start stops the run once they are up (a second one: at once).
+
+    vLLM swallows a KeyboardInterrupt raised while it waits for its engine's handshake (its
+    ``zmq_socket_ctx`` catches it): the run then went on as if nothing happened, or, the handshake
+    cut short, waited VLLM_ENGINE_READY_TIMEOUT_S (10 min) for an engine that never reports ready.
+    """
+    if threading.current_thread() is not threading.main_thread():  # only it may set signal handlers
+        yield
+        return
+    held: list[int] = []
+
+    def hold(signum: int, frame: FrameType | None) -> None:
+        if held:
+            _leave_now(signum, frame)
+        held.append(signum)
+        # os.write: a print here could land inside one of the main thread's own writes to stderr
+        os.write(2, b"interrupt: stopping once the engines have started (Ctrl-C again to stop now)\n")
+
+    previous = signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held:
+        raise KeyboardInterrupt
+
+
 def execute(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Run (or resume) one configuration into ``out_dir``; return its summary."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -105,7 +154,8 @@ def execute(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         # Its summary stays until the retry writes the next: a run stopped midway is still complete.
         print(f"retrying the {done['errors']} errored queries of {out_dir}")
     spec = check_config(cfg)  # fails with one line before any engine starts
-    built: Built = build(spec)
+    with _ctrl_c_held():
+        built: Built = build(spec)
     # Only now: a run that could not start (no such model, a bad data file) leaves no run for the report to list.
     _write_atomic(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     try:
@@ -145,10 +195,13 @@ def main(cfg: DictConfig) -> None:
     try:
         summary = execute(cfg, out_dir)
     except KeyboardInterrupt:
+        if threading.current_thread() is threading.main_thread():  # while the engines shut down
+            signal.signal(signal.SIGINT, _leave_now)
         # Every finished query is on disk already (appended and flushed as it finished).
         kept = len(read_records(out_dir / "results.jsonl"))
         print(f"interrupted: {kept} queries recorded in {out_dir / 'results.jsonl'}; "
               "rerun the same command to resume", file=sys.stderr)
+        wait_for_engine_calls(INTERRUPT_GRACE_S)
         sys.exit(130)
     except ConfigError as exc:
         # In a sweep, an option of its command line that this cell's strategy (verifier, ...) does not

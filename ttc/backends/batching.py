@@ -14,23 +14,81 @@ query's task carries), and a batch takes the requests of one cohort only, the
 longest-waiting first: while one cohort generates, the other is judged, so both
 engines work at once where each has its own cores or device. ``max_batch`` caps a
 batch's size; the rest wait for the next one.
+
+A batch runs on a daemon thread of its own (``in_daemon_thread``), never in an
+executor that exit joins: an engine call may never return.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import inspect
 import itertools
+import threading
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from ttc.backends.base import BackendError, EngineUnavailable
 
 J = TypeVar("J")
 R = TypeVar("R")
+T = TypeVar("T")
 
 COHORT: ContextVar[int] = ContextVar("ttc_cohort", default=0)
+
+# Engine calls in flight, each on its thread (``in_daemon_thread``).
+_CALLS: set[threading.Thread] = set()
+
+
+async def in_daemon_thread(fn: Callable[..., T], *args: Any) -> T:
+    """``asyncio.to_thread(fn, *args)``, on a daemon thread of its own.
+
+    An engine call can block for good: vLLM's offline client waits forever for the outputs of
+    an engine core that died mid-batch. ``asyncio.run`` (3.11: no timeout) and the interpreter's
+    exit join every executor thread, so Ctrl-C would then wait forever; a daemon thread is
+    not joined, and ``wait_for_engine_calls`` bounds the wait for one.
+    """
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[T] = loop.create_future()
+    context = contextvars.copy_context()
+
+    def settle(result: T | None, exc: BaseException | None) -> None:
+        if done.done():  # its caller was cancelled meanwhile
+            return
+        if exc is None:
+            done.set_result(cast(T, result))
+        else:
+            done.set_exception(exc)
+
+    def call() -> None:
+        result: T | None = None
+        exc: BaseException | None = None
+        try:
+            result = context.run(fn, *args)
+        except BaseException as raised:  # the caller's to see, as to_thread would
+            exc = raised
+        finally:
+            _CALLS.discard(threading.current_thread())
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits for it any more
+            loop.call_soon_threadsafe(settle, result, exc)
+
+    thread = threading.Thread(target=call, name="ttc-engine-call", daemon=True)
+    _CALLS.add(thread)
+    thread.start()
+    return await done
+
+
+def wait_for_engine_calls(timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds in all for the engine calls in flight to return; True when
+    none is left."""
+    deadline = time.monotonic() + timeout
+    for thread in list(_CALLS):
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return not _CALLS
 
 
 class MicroBatcher(Generic[J, R]):
@@ -70,7 +128,8 @@ class MicroBatcher(Generic[J, R]):
         if inspect.iscoroutinefunction(self._run_batch):
             results = await self._run_batch(jobs, next(self._ids))
         else:
-            results = await asyncio.to_thread(self._run_batch, jobs, next(self._ids))  # type: ignore[arg-type]
+            run_batch = cast(Callable[[Sequence[J], int], list[R]], self._run_batch)
+            results = await in_daemon_thread(run_batch, jobs, next(self._ids))
         if len(results) != len(jobs):  # a bug in run_batch: pairing results with jobs would misattribute them
             name = getattr(self._run_batch, "__qualname__", repr(self._run_batch))
             raise BackendError(f"{name} returned {len(results)} results for {len(jobs)} jobs (one each expected)")
