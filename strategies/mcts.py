@@ -38,7 +38,7 @@ class MCTS(Strategy):
         c_explore: NonNegativeFloat = 1.0,
         selection: Literal["puct", "uct"] = "puct",
         evaluation: Literal["prm", "rollout", "both"] = "prm",
-        parallel: PositiveInt = 4,
+        parallel: PositiveInt = 2,
         virtual_loss: NonNegativeFloat = 1.0,
         select: Literal["best", "weighted"] = "best",
         temperature: NonNegativeFloat = 1.0,

@@ -3,7 +3,7 @@
     python experiments/bench/hf_prefix_cache.py [--problems 32] [--steps 6] [--repeats 2]
 
 PRM beam search (n=8, width 4), MCTS (the shipped defaults: 16 simulations, branching 4,
-four leaves per wave) and PRM-weighted Best-of-16 (every sample's steps judged: samples
+two leaves per wave) and PRM-weighted Best-of-16 (every sample's steps judged: samples
 that open alike send the same judgements) on arithmetic problems through the runner, all
 queries in flight, on ``HFBackend`` with its prefix cache (the default, 1 GiB in 16-token blocks)
 and without it (``prefix_cache_gib=0``), policy and PRM alike. The two alternate, so that

@@ -210,7 +210,7 @@ def main() -> None:
     problems = arith_problems(limit=64, steps=6, seed=2024)
     cohorts = 2 if mode in ("cohorts", "async", "cohort_count", "leaf_parallel") else 1
 
-    def wall(concurrency: int, split: int = cohorts, parallel: int = 4) -> tuple[float, list[dict[str, Any]]]:
+    def wall(concurrency: int, split: int = cohorts, parallel: int = 2) -> tuple[float, list[dict[str, Any]]]:
         mcts = MCTS(simulations=16, branching=4, parallel=parallel, verifier=prm)
         t = time.perf_counter()
         records = asyncio.run(

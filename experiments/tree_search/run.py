@@ -68,7 +68,7 @@ def main() -> None:
     configs.update({
         "beam_search(n=16,w=4)": BeamSearch(n=16, width=4, verifier=prm),
         "dvts(n=16,w=4)": DVTS(n=16, width=4, verifier=prm),
-        "mcts(sims=16,k=4)": MCTS(simulations=16, branching=4, parallel=4, verifier=prm),
+        "mcts(sims=16,k=4)": MCTS(simulations=16, branching=4, verifier=prm),
         "particle_filter(n=16)": ParticleFilter(n=16, verifier=prm),
         "prm_weighted_16": BestOfN(n=16, select="weighted", verifier=prm),
     })
@@ -82,7 +82,7 @@ def main() -> None:
 
     timing = {}
     if not args.skip_sequential:
-        mcts = MCTS(simulations=16, branching=4, parallel=4, verifier=prm)
+        mcts = MCTS(simulations=16, branching=4, verifier=prm)
         conc = run(mcts, concurrency=64)
         seq = run(mcts, concurrency=1)
         timing = {"concurrent_wall_s": conc["wall_s"], "sequential_wall_s": seq["wall_s"],
