@@ -39,7 +39,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--problems", type=int, default=64)
-    ap.add_argument("--parallel", type=int, nargs="+", default=[1, 4], help="leaves per wave")
+    ap.add_argument("--parallel", type=int, nargs="+", default=[1, 2, 4], help="leaves per wave")
     ap.add_argument("--repeats", type=int, default=1, help="pairs per setting")
     ap.add_argument("--out", type=Path, default=Path("hf_mcts_concurrency.json"))
     args = ap.parse_args()
