@@ -1,8 +1,11 @@
 """Strategy logic on the deterministic stand-in engine (tests/fakes.py)."""
 
 import asyncio
+import inspect
+from pathlib import Path
 
 import pytest
+import yaml
 
 from strategies import BestOfN, CoT
 from strategies.base import Candidate, best_scored, majority, weighted
@@ -15,11 +18,13 @@ from strategies.verify_revise import VerifyRevise
 from tests.fakes import ScriptedBackend
 from ttc.context import QueryContext
 from ttc.datasets import arith_problems
+from ttc.registry import INJECTED, STRATEGIES, resolve
 from ttc.runner import run_queries, summarize
 from verifiers.math import equivalent
 from verifiers.prm import PRMVerifier
 
 PROBLEMS = arith_problems(limit=24, steps=4, seed=7)
+CONFIGS = Path(__file__).parent.parent / "configs" / "strategy"
 
 
 async def grade(problem, answer) -> bool:
@@ -154,6 +159,19 @@ def test_beam_search_rejects_bad_width() -> None:
 def test_constructing_a_strategy_checks_the_bounds_its_signature_declares(make, named: str) -> None:
     with pytest.raises(ValueError, match=named.replace(".", r"\.")):
         make()
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_a_strategy_config_sets_what_its_class_defaults_to(name: str) -> None:
+    # `import`ed and run from the command line, a strategy must search the same way.
+    config = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
+    assert config.pop("name") == name
+    defaults = {
+        p.name: p.default
+        for p in inspect.signature(resolve(STRATEGIES, name, "strategy")).parameters.values()
+        if p.default is not inspect.Parameter.empty and p.name not in INJECTED
+    }
+    assert config == defaults
 
 
 def test_dvts_runs_independent_subtrees() -> None:
