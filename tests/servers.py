@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 
 from ttc.backends.cpu import started_on
 
@@ -32,6 +33,41 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def group(pgid: int) -> list[psutil.Process]:
+    """The processes of a process group still running (a zombie waits for its reaper only)."""
+    alive = []
+    for p in psutil.process_iter(["status"]):
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            if os.getpgid(p.pid) == pgid and p.info["status"] != psutil.STATUS_ZOMBIE:
+                alive.append(p)
+    return alive
+
+
+def sigkill_all_but_tracker(pgid: int) -> psutil.Process | None:
+    """SIGKILL every process of a group but its resource tracker, and return that: once none of
+    its users is left it removes the shared memory and semaphores they leave (vLLM's queues
+    between its engine core and worker: ~400 MB an engine), and exits. Killed with them, it
+    would leave those in /dev/shm for good."""
+    tracker = None
+    for proc in group(pgid):
+        with contextlib.suppress(psutil.Error):
+            if "multiprocessing.resource_tracker" in " ".join(proc.cmdline()):
+                tracker = proc
+            else:
+                proc.kill()
+    return tracker
+
+
+def sigkill_group(pgid: int) -> None:
+    """SIGKILL a process group, leaving nothing in /dev/shm (``sigkill_all_but_tracker``)."""
+    tracker = sigkill_all_but_tracker(pgid)
+    if tracker is not None:
+        with contextlib.suppress(psutil.Error):
+            tracker.wait(timeout=30)
+    with contextlib.suppress(ProcessLookupError):  # whatever is left, the tracker too if it is stuck
+        os.killpg(pgid, signal.SIGKILL)
 
 
 class Server:
@@ -64,12 +100,15 @@ class Server:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
     def _signal(self, sig: signal.Signals) -> None:
+        if sig == signal.SIGKILL:
+            sigkill_group(self.proc.pid)  # its own session: the server and its engine workers only
+            return
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, sig)  # its own session: the server and its engine workers only
+            os.killpg(self.proc.pid, sig)
 
     def kill(self) -> None:
-        """Die at once, as a crashed replica would."""
-        self._signal(signal.SIGKILL)
+        """Die at once, as a crashed replica would (its resource tracker tidies up meanwhile)."""
+        sigkill_all_but_tracker(self.proc.pid)
         self.proc.wait(timeout=30)
 
     def stop(self, grace_s: float = 20.0) -> None:

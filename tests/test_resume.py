@@ -1,22 +1,25 @@
 """A sweep killed with SIGKILL and rerun with the same command loses no record and duplicates none;
-Ctrl-C stops a run in one line, keeping what finished and leaving no process behind."""
+Ctrl-C stops a run in one line, keeping what finished and leaving no process behind; so does an
+engine whose process dies mid-run. Each run killed here leaves no shared memory behind either."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import psutil
 import pytest
 
+from tests.servers import group, sigkill_group
 from ttc.runner import drop_torn_tail, read_records
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,7 +77,7 @@ def test_sigkill_mid_sweep_then_rerun(tmp_path: Path) -> None:
             first = found[0]
             break
         time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
+    sigkill_group(proc.pid)
     proc.wait()
     assert first is not None, "the sweep wrote no records in time"
     before = [json.loads(x) for x in first.read_text().splitlines() if x.strip().endswith("}")]
@@ -123,51 +126,110 @@ def test_an_engine_call_that_never_returns_does_not_hold_up_the_exit() -> None:
 
 
 def _group_alive(pgid: int) -> list[str]:
-    """The processes of a process group still running (a zombie waits for its reaper only)."""
     alive = []
-    for p in psutil.process_iter(["name", "status"]):
-        with contextlib.suppress(psutil.Error, ProcessLookupError):
-            if os.getpgid(p.pid) == pgid and p.info["status"] != psutil.STATUS_ZOMBIE:
-                alive.append(f"{p.pid} {p.info['name']}")
+    for p in group(pgid):
+        with contextlib.suppress(psutil.Error):
+            alive.append(f"{p.pid} {p.name()}")
     return alive
 
 
-def _ctrl_c(tmp_path: Path, args: list[str], ready: Callable[[subprocess.Popen[bytes]], bool]) -> tuple[int, str]:
-    """Run ``python -m ttc.run *args`` into ``tmp_path``, send SIGINT to it alone (not its engine's
-    processes) once ``ready(proc)``, and return its exit code and stderr once it and every process
-    it started are gone. In its own session, so that whatever happens its whole group is killed."""
+@contextlib.contextmanager
+def _ctrl_c_not_ignored() -> Iterator[None]:
+    """Processes started in it take SIGINT as a terminal's foreground job does, though this one
+    ignores it. The suite, started as a background job of a script (``cmd &`` without job control),
+    inherits SIGINT ignored and hands that down to every process it starts: the mid-run Ctrl-C test
+    then sent a signal its run ignored, and failed after 120 s with the whole run still working."""
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # exec resets a handled signal to its default
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _why_stuck(proc: subprocess.Popen[bytes], stderr: Path) -> str:
+    """What a run that does not stop is doing: each of its processes' Python stacks (py-spy, where
+    it is installed), its main process's threads as faulthandler writes them on SIGUSR1 (ttc/run.py),
+    and the tail of its stderr."""
+    spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+    dumps = []
+    with contextlib.suppress(psutil.Error):
+        for p in [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]:
+            if spy is None:
+                break
+            with contextlib.suppress(subprocess.SubprocessError, OSError):
+                out = subprocess.run([spy, "dump", "--pid", str(p.pid)], capture_output=True, text=True, timeout=30)
+                dumps.append(f"py-spy dump --pid {p.pid} ({p.name()}):\n{out.stdout}{out.stderr}")
+    before = stderr.read_text()
+    proc.send_signal(signal.SIGUSR1)
+    time.sleep(2)
+    threads = stderr.read_text()[len(before):]
+    return "\n".join([*dumps, "stderr:", before[-3000:], "threads on SIGUSR1:", threads])
+
+
+def _stop_mid_run(
+    tmp_path: Path,
+    args: list[str],
+    ready: Callable[[subprocess.Popen[bytes]], bool],
+    stop: Callable[[subprocess.Popen[bytes]], None],
+    what: str,
+    wait_s: float = 120,
+) -> tuple[int, str]:
+    """Run ``python -m ttc.run *args`` into ``tmp_path``, ``stop(proc)`` it once ``ready(proc)`` (``what``
+    says how, for the failure's words), and return its exit code and stderr once it and every
+    process it started are gone. In its own session, so that whatever happens its whole group is
+    killed (``sigkill_group``: leaving no shared memory). A run still going ``wait_s`` seconds after
+    the stop fails the test with every stack of it (``_why_stuck``)."""
     cmd = [sys.executable, "-m", "ttc.run", *args, "progress=false", f"hydra.run.dir={tmp_path}"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with (tmp_path / "stderr").open("w") as err:  # a file, not a pipe that nobody drains meanwhile
+    stderr = tmp_path / "stderr"
+    with stderr.open("w") as err, _ctrl_c_not_ignored():  # a file, not a pipe that nobody drains meanwhile
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err,
                                 start_new_session=True)
     try:
         deadline = time.time() + 300
         while not ready(proc):
-            assert proc.poll() is None, f"exited ({proc.returncode}) before the signal"
-            assert time.time() < deadline, "not ready for the signal in 300 s"
+            assert proc.poll() is None, f"exited ({proc.returncode}) before {what}"
+            assert time.time() < deadline, f"not ready for {what} in 300 s"
             time.sleep(0.1)
-        proc.send_signal(signal.SIGINT)
+        stop(proc)
         try:
-            proc.wait(timeout=120)
+            proc.wait(timeout=wait_s)
         except subprocess.TimeoutExpired:
-            tail = (tmp_path / "stderr").read_text()[-3000:]
-            pytest.fail(f"still running 120 s after SIGINT: {_group_alive(proc.pid)}\n{tail}")
+            pytest.fail(f"still running {wait_s:.0f} s after {what}: {_group_alive(proc.pid)}\n"
+                        f"{_why_stuck(proc, stderr)}")
         exited = time.time()
         while _group_alive(proc.pid) and time.time() < exited + 5:
             time.sleep(0.2)
         assert not _group_alive(proc.pid), "processes of the run outlived it"
-        return proc.returncode, (tmp_path / "stderr").read_text()
+        return proc.returncode, stderr.read_text()
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        sigkill_group(proc.pid)
         proc.wait()
 
 
+def _ctrl_c(tmp_path: Path, args: list[str], ready: Callable[[subprocess.Popen[bytes]], bool]) -> tuple[int, str]:
+    """``_stop_mid_run`` with SIGINT, sent to the run's main process alone (not its engine's)."""
+    return _stop_mid_run(tmp_path, args, ready, lambda proc: proc.send_signal(signal.SIGINT), "SIGINT")
+
+
+def test_a_run_that_inherited_sigint_ignored_ignores_it_while_its_engines_start_too() -> None:
+    """As it does mid-run (Python and asyncio leave an ignored SIGINT ignored): once it stopped such a
+    run while its engine started, and nowhere else."""
+    from ttc.run import _ctrl_c_held
+
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with _ctrl_c_held():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
 @pytest.mark.engine
-@pytest.mark.skipif(not os.environ.get("TTC_TEST_CTRL_C_MID_RUN"), reason=(
-    "in one CI run of one it hung after SIGINT, where 10 of 10 runs by hand passed (cause open): "
-    "run with TTC_TEST_CTRL_C_MID_RUN=1"))
 def test_ctrl_c_mid_run_says_so_in_one_line_and_keeps_what_finished(tmp_path: Path) -> None:
     results = tmp_path / "results.jsonl"
     limit = 20000  # a query takes ~0.1 s: hours of work, so the signal always lands mid-run
@@ -203,3 +265,53 @@ def test_ctrl_c_while_the_engine_starts_stops_the_run(tmp_path: Path) -> None:
     assert "interrupt: stopping once the engines have started" in err  # it landed while the engine started
     assert f"interrupted: 0 queries recorded in {tmp_path / 'results.jsonl'}" in err
     assert not (tmp_path / "results.jsonl").exists() and not (tmp_path / "summary.json").exists()
+
+
+def _engine_core(proc: subprocess.Popen[bytes]) -> psutil.Process | None:
+    """The run's vLLM engine core process (the policy's: the default job runs no other engine)."""
+    with contextlib.suppress(psutil.Error):
+        return next((c for c in psutil.Process(proc.pid).children(recursive=True) if "EngineCore" in c.name()), None)
+    return None
+
+
+@pytest.mark.engine
+@pytest.mark.slow
+def test_an_engine_killed_mid_run_stops_the_run_in_one_line_and_a_rerun_resumes(tmp_path: Path) -> None:
+    """vLLM's offline client waits forever for the outputs of an engine core that died mid-batch
+    (OOM-killed, say): the run notices the engine's death, says which in one line and stops."""
+    from ttc.reference import POLICY_PATH
+    from ttc.run import ENGINE_DIED_EXIT
+
+    results = tmp_path / "results.jsonl"
+    args = ["concurrency=1"]  # the default job, a query at a time: the engine dies mid-run
+    killed: list[int] = []
+
+    def three_recorded(proc: subprocess.Popen[bytes]) -> bool:
+        return results.exists() and len(results.read_text().splitlines()) >= 3
+
+    def kill_engine_core(proc: subprocess.Popen[bytes]) -> None:
+        core = _engine_core(proc)
+        assert core is not None, "no EngineCore among the run's processes"
+        killed.append(core.pid)
+        core.kill()
+
+    code, err = _stop_mid_run(tmp_path, args, three_recorded, kill_engine_core, "its EngineCore was killed",
+                              wait_s=60)
+    assert code == ENGINE_DIED_EXIT, err[-2000:]
+    assert "Traceback" not in err, err[-2000:]
+    kept = read_records(results)
+    said = [line for line in err.splitlines() if line.startswith("engine died:")]
+    assert said == [f"engine died: the vLLM engine of {POLICY_PATH} died: its EngineCore process (pid {killed[0]}) "
+                    f"killed by SIGKILL; {len(kept)} finished queries kept in {results}; "
+                    "rerun the same command to resume"], err[-2000:]
+    assert 3 <= len(kept) < 100 and all(r["error"] is None for r in kept)
+    assert not (tmp_path / "summary.json").exists()
+
+    cmd = [sys.executable, "-m", "ttc.run", *args, "progress=false", f"hydra.run.dir={tmp_path}"]
+    done = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    ids = [json.loads(x)["id"] for x in results.read_text().splitlines()]
+    assert len(ids) == len(set(ids)) == 100  # none lost, none twice
+    after = {r["id"]: r for r in read_records(results)}
+    assert all(after[r["id"]]["completion"] == r["completion"] for r in kept)

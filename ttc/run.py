@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import json
 import os
 import signal
@@ -34,7 +35,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from ttc.backends.batching import wait_for_engine_calls
+from ttc.backends.batching import EngineDied, wait_for_engine_calls
 from ttc.build import Built, build, check_config
 from ttc.registry import UNKNOWN_OPTION, ConfigError
 from ttc.runner import read_records, run_queries, summarize
@@ -50,6 +51,8 @@ EXTENDING = frozenset({"dataset.limit"})
 # On Ctrl-C, how long the engine batch in flight may take to finish, so that the engines shut
 # down idle at exit; one that never returns (its engine died mid-batch) is left behind then.
 INTERRUPT_GRACE_S = 10.0
+# The exit code of a run whose engine died (a rerun resumes it); 130 is Ctrl-C's, 2 a config error's.
+ENGINE_DIED_EXIT = 3
 
 
 def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -113,8 +116,15 @@ def _ctrl_c_held() -> Iterator[None]:
     vLLM swallows a KeyboardInterrupt raised while it waits for its engine's handshake (its
     ``zmq_socket_ctx`` catches it): the run then went on as if nothing happened, or, the handshake
     cut short, waited VLLM_ENGINE_READY_TIMEOUT_S (10 min) for an engine that never reports ready.
+
+    A run that inherited SIGINT ignored (a background job of a script: ``cmd &`` without job
+    control) ignores it here too, as it does for the rest of the run: this once stopped such a
+    run while its engine started and nowhere else.
     """
     if threading.current_thread() is not threading.main_thread():  # only it may set signal handlers
+        yield
+        return
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         yield
         return
     held: list[int] = []
@@ -190,19 +200,25 @@ def execute(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
+    _stacks_on_sigusr1()
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
+    results = out_dir / "results.jsonl"
     try:
         summary = execute(cfg, out_dir)
     except KeyboardInterrupt:
         if threading.current_thread() is threading.main_thread():  # while the engines shut down
             signal.signal(signal.SIGINT, _leave_now)
         # Every finished query is on disk already (appended and flushed as it finished).
-        kept = len(read_records(out_dir / "results.jsonl"))
-        print(f"interrupted: {kept} queries recorded in {out_dir / 'results.jsonl'}; "
+        print(f"interrupted: {len(read_records(results))} queries recorded in {results}; "
               "rerun the same command to resume", file=sys.stderr)
         wait_for_engine_calls(INTERRUPT_GRACE_S)
         sys.exit(130)
+    except EngineDied as exc:
+        # Its batch in flight never returns: no wait for it. A sweep stops here too, its engine gone.
+        print(f"engine died: {exc}; {len(read_records(results))} finished queries kept in {results}; "
+              "rerun the same command to resume", file=sys.stderr)
+        sys.exit(ENGINE_DIED_EXIT)
     except ConfigError as exc:
         # In a sweep, an option of its command line that this cell's strategy (verifier, ...) does not
         # take (strategy.n for cot in `strategy=cot,best_of_n ++strategy.n=1,4,16`) is dropped, and of
@@ -223,6 +239,12 @@ def main(cfg: DictConfig) -> None:
         first = next((r["error"] for r in read_records(out_dir / "results.jsonl") if r.get("error")), "?")
         print(f"warning: {summary['errors']} of {summary['n_queries']} queries failed (the first: {first}); "
               "rerun the same command to retry them", file=sys.stderr)
+
+
+def _stacks_on_sigusr1() -> None:
+    """A run that seems stuck can say where: ``kill -USR1 <pid>`` writes every thread's stack to stderr."""
+    with contextlib.suppress(AttributeError, OSError, ValueError):  # no stderr with a file descriptor
+        faulthandler.register(signal.SIGUSR1, file=sys.__stderr__, all_threads=True)
 
 
 def _config_error(exc: ConfigError) -> NoReturn:

@@ -2,7 +2,8 @@
 
 Up to ``concurrency`` queries are in flight; their engine requests meet in the
 backend's batches. Records are appended and flushed per query, so a killed run
-loses nothing finished, and a rerun skips the queries already recorded.
+loses nothing finished, and a rerun skips the queries already recorded. An engine
+that dies (``EngineDied``) stops the run: the queries it cut short are not recorded.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 from tqdm import tqdm
 
 from ttc.backends.base import Backend
-from ttc.backends.batching import COHORT
+from ttc.backends.batching import COHORT, EngineDied
 from ttc.context import QueryContext
 from ttc.ledger import Ledger
 from ttc.types import KVGeometry, Problem
@@ -123,6 +124,8 @@ async def run_queries(
                     completion=answer.completion,
                     trace={"candidates": [c.model_dump() for c in answer.candidates], "events": ctx.trace},
                 )
+            except EngineDied:
+                raise  # not this query's failure: it is left unrecorded, for a rerun to solve
             except Exception as exc:
                 record.update(answer=None, correct=False, error=f"{type(exc).__name__}: {exc}")
             record.update(ledger.summary(usd_per_gpu_hour), wall_seconds=time.perf_counter() - t0)
@@ -138,16 +141,26 @@ async def run_queries(
                 errors=sum(r["error"] is not None for r in records),
             )
 
+    tasks = [asyncio.ensure_future(one(p, i % max(1, cohorts))) for i, p in enumerate(todo)]
+
+    def stop_all_if_engine_died(task: asyncio.Future[None]) -> None:
+        # With its engine gone no query can finish: the run stops now, its records so far kept.
+        if not task.cancelled() and isinstance(task.exception(), EngineDied):
+            for other in tasks:
+                other.cancel()
+
+    for task in tasks:
+        task.add_done_callback(stop_all_if_engine_died)
     try:
         # Every query finishes and is written before a failure of one (outside its own
-        # try: the bookkeeping) is raised: the sink closes only once all are done.
-        outcomes = await asyncio.gather(*(one(p, i % max(1, cohorts)) for i, p in enumerate(todo)),
-                                        return_exceptions=True)
+        # try: the bookkeeping) is raised: the sink closes only once all are done. An engine's
+        # death ends them all at once instead, none of them written.
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
     finally:
         bar.close()
         if sink:
             sink.close()
-    failure = next((o for o in outcomes if isinstance(o, BaseException)), None)
-    if failure is not None:
-        raise failure
+    failures = [o for o in outcomes if isinstance(o, BaseException)]
+    if failures:  # the engine's death before the cancellations it caused
+        raise next((f for f in failures if isinstance(f, EngineDied)), failures[0])
     return records

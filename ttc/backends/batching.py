@@ -16,7 +16,10 @@ engines work at once where each has its own cores or device. ``max_batch`` caps 
 batch's size; the rest wait for the next one.
 
 A batch runs on a daemon thread of its own (``in_daemon_thread``), never in an
-executor that exit joins: an engine call may never return.
+executor that exit joins: an engine call may never return. Where the engine runs in
+processes of its own, ``check_engine`` (the backend's) is polled while a batch is in
+flight, so that an engine whose process died fails the batch with ``EngineDied`` within
+``ENGINE_CHECK_S`` instead of leaving its callers waiting forever.
 """
 
 from __future__ import annotations
@@ -40,8 +43,16 @@ T = TypeVar("T")
 
 COHORT: ContextVar[int] = ContextVar("ttc_cohort", default=0)
 
+# How often a batch in flight asks its backend whether the engine is still there.
+ENGINE_CHECK_S = 1.0
+
 # Engine calls in flight, each on its thread (``in_daemon_thread``).
 _CALLS: set[threading.Thread] = set()
+
+
+class EngineDied(EngineUnavailable):
+    """The engine's process is gone (killed, out of memory): no request will be answered in this
+    process again, so a run stops rather than record every query left as failed."""
 
 
 async def in_daemon_thread(fn: Callable[..., T], *args: Any) -> T:
@@ -96,13 +107,18 @@ class MicroBatcher(Generic[J, R]):
         self,
         run_batch: Callable[[Sequence[J], int], list[R]] | Callable[[Sequence[J], int], Awaitable[list[R]]],
         max_batch: int | None = None,
+        *,
+        check_engine: Callable[[], None] | None = None,
     ) -> None:
         """``run_batch(jobs, batch_id)`` runs jobs on the engine, one result each; at most
-        ``max_batch`` jobs at a time (None: all that are ready)."""
+        ``max_batch`` jobs at a time (None: all that are ready). ``check_engine()`` raises
+        ``EngineDied`` once the engine cannot answer any more; it is called every
+        ``ENGINE_CHECK_S`` while a batch runs on its thread."""
         if max_batch is not None and max_batch < 1:
             raise ValueError(f"max_batch must be a positive number of requests or null (got {max_batch})")
         self._run_batch = run_batch
         self.max_batch = max_batch
+        self._check_engine = check_engine
         self._pending: list[tuple[J, asyncio.Future[R], int]] = []
         self._drainer: asyncio.Task[None] | None = None
         self._ids = itertools.count(1)
@@ -129,11 +145,25 @@ class MicroBatcher(Generic[J, R]):
             results = await self._run_batch(jobs, next(self._ids))
         else:
             run_batch = cast(Callable[[Sequence[J], int], list[R]], self._run_batch)
-            results = await in_daemon_thread(run_batch, jobs, next(self._ids))
+            results = await self._watched(asyncio.ensure_future(in_daemon_thread(run_batch, jobs, next(self._ids))))
         if len(results) != len(jobs):  # a bug in run_batch: pairing results with jobs would misattribute them
             name = getattr(self._run_batch, "__qualname__", repr(self._run_batch))
             raise BackendError(f"{name} returned {len(results)} results for {len(jobs)} jobs (one each expected)")
         return list(results)
+
+    async def _watched(self, call: asyncio.Future[T]) -> T:
+        """``call``'s result, or ``check_engine``'s ``EngineDied`` as soon as the engine is gone (the
+        call is then left on its daemon thread: it may never return)."""
+        try:
+            if self._check_engine is None:
+                return await call
+            while True:
+                done, _ = await asyncio.wait({call}, timeout=ENGINE_CHECK_S)
+                if done:
+                    return call.result()
+                self._check_engine()
+        finally:
+            call.cancel()  # a no-op once it is done; else nobody waits for it any more
 
     async def _drain(self) -> None:
         batch: list[tuple[J, asyncio.Future[R], int]] = []

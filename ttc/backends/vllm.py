@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 from pydantic import PositiveInt
 
 from ttc.backends.base import Backend, BackendError, apportion
-from ttc.backends.batching import MicroBatcher
+from ttc.backends.batching import EngineDied, MicroBatcher
 from ttc.backends.cpu import CpuCores, cpu_core_ids, on_cpu
 from ttc.types import Completion, GenRequest, GenResult, ScoreRequest, ScoreResult
 
@@ -78,6 +79,16 @@ def build_llm(model: str, seed: int = 0, **engine: Any) -> Any:
     settings.update({k: v for k, v in engine.items() if v is not None})
     with cpu_binding(cores if on_cpu() else None):
         return LLM(model=model, **settings)
+
+
+def exit_words(code: int) -> str:
+    """A process's exit code as words: ``killed by SIGKILL`` for -9."""
+    if code >= 0:
+        return f"exited with code {code}"
+    try:
+        return f"killed by {signal.Signals(-code).name}"
+    except ValueError:
+        return f"killed by signal {-code}"
 
 
 def kv_dtype_bytes(kv_cache_dtype: str, model_dtype: str) -> float:
@@ -161,6 +172,8 @@ class VLLMBackend(Backend):
                 cpu_cores=cpu_cores,
             )
         self.llm = llm
+        self.model = model
+        self._closed = False
         self.tokenizer = self.llm.get_tokenizer()
         cfg = self.llm.llm_engine.vllm_config
         mc, cc, pc = cfg.model_config, cfg.cache_config, cfg.parallel_config
@@ -169,18 +182,54 @@ class VLLMBackend(Backend):
         self.num_devices = pc.tensor_parallel_size * pc.pipeline_parallel_size
         geo = kv_geometry(mc.hf_config, "auto")
         self.kv = geo.model_copy(update={"dtype_bytes": kv_dtype_bytes(cc.cache_dtype, str(mc.dtype))})
-        self._batcher: MicroBatcher[tuple[list[int], Any], Any] = MicroBatcher(self._run, max_batch)
+        self._batcher: MicroBatcher[tuple[list[int], Any], Any] = MicroBatcher(
+            self._run, max_batch, check_engine=self.check_engine
+        )
+
+    # -- liveness -------------------------------------------------------------------------
+    def check_engine(self) -> None:
+        """Raise ``EngineDied`` once the engine's process is gone.
+
+        vLLM notices at once (``MPClient``'s monitor thread sets ``resources.engine_dead``), but
+        its sync client only refuses later calls then: the monitor stops the output thread
+        without waking ``get_output``, so an ``LLM.generate`` in flight waits forever. The
+        batcher polls this beside the call instead (``MicroBatcher``, ``check_engine``).
+        """
+        death = self.engine_death()
+        if death is not None:
+            raise EngineDied(death)
+
+    def engine_death(self) -> str | None:
+        """How the engine died (which model, which process, its exit code or signal); None while
+        it is up."""
+        resources = getattr(getattr(self.llm.llm_engine, "engine_core", None), "resources", None)
+        if resources is None:  # the engine runs in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0)
+            return None
+        exited = [(p.name, p.pid, code) for p in getattr(resources.engine_manager, "processes", None) or []
+                  if (code := _exitcode(p)) is not None]
+        if not exited and not resources.engine_dead:
+            return None
+        if self._closed:
+            return f"the vLLM engine of {self.model} was closed"
+        how = ", ".join(f"its {name} process (pid {pid}) {exit_words(code)}" for name, pid, code in exited)
+        return f"the vLLM engine of {self.model} died: {how or 'it reported a fatal error (its log says why)'}"
 
     # -- engine side (worker thread) ------------------------------------------------
     def _run(self, jobs: Sequence[tuple[list[int], Any]], batch_id: int) -> list[tuple[Any, int, float]]:
         from vllm import TokensPrompt
 
         start = time.perf_counter()
-        outs = self.llm.generate(
-            [TokensPrompt(prompt_token_ids=ids) for ids, _ in jobs],
-            [params for _, params in jobs],
-            use_tqdm=False,
-        )
+        try:
+            outs = self.llm.generate(
+                [TokensPrompt(prompt_token_ids=ids) for ids, _ in jobs],
+                [params for _, params in jobs],
+                use_tqdm=False,
+            )
+        except Exception as exc:  # vLLM's EngineDeadError says neither which engine nor how it died
+            death = self.engine_death()
+            if death is not None:
+                raise EngineDied(death) from exc
+            raise
         busy = (time.perf_counter() - start) * self.num_devices
         computed = [
             len(o.prompt_token_ids) - (o.num_cached_tokens or 0) + sum(len(c.token_ids) for c in o.outputs)
@@ -283,7 +332,12 @@ class VLLMBackend(Backend):
         return results
 
     def close(self) -> None:
-        import contextlib
-
+        self._closed = True
         with contextlib.suppress(Exception):
             self.llm.llm_engine.engine_core.shutdown()
+
+
+def _exitcode(process: Any) -> int | None:
+    with contextlib.suppress(ValueError):  # a process object closed already
+        return process.exitcode
+    return None
