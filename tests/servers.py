@@ -99,12 +99,9 @@ class Server:
     def tail(self, lines: int = 30) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
-    def _signal(self, sig: signal.Signals) -> None:
-        if sig == signal.SIGKILL:
-            sigkill_group(self.proc.pid)  # its own session: the server and its engine workers only
-            return
+    def _terminate(self) -> None:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, sig)
+            os.killpg(self.proc.pid, signal.SIGTERM)  # its own session: the server and its engine workers only
 
     def kill(self) -> None:
         """Die at once, as a crashed replica would (its resource tracker tidies up meanwhile)."""
@@ -113,14 +110,14 @@ class Server:
 
     def stop(self, grace_s: float = 20.0) -> None:
         if self.proc.poll() is None:
-            self._signal(signal.SIGTERM)
+            self._terminate()
             try:
                 self.proc.wait(timeout=grace_s)
             except subprocess.TimeoutExpired:
-                self._signal(signal.SIGKILL)
+                sigkill_group(self.proc.pid)
                 self.proc.wait(timeout=30)
         # Engine workers may outlive the leader for a moment.
-        self._signal(signal.SIGKILL)
+        sigkill_group(self.proc.pid)
 
 
 def own_cores(half: int) -> str | None:

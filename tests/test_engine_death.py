@@ -177,7 +177,7 @@ def test_vllm_says_which_engine_died_and_how() -> None:
                                     or "")
     # Its worker died: the engine core reports itself dead before it exits
     assert "it reported a fatal error" in (_vllm([up], engine_dead=True).engine_death() or "")
-    # Closed by us is no death
+    # Closed by us: said so, not reported as a death
     closed = _vllm([killed], engine_dead=True)
     closed._closed = True
     assert "was closed" in (closed.engine_death() or "")

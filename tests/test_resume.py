@@ -215,6 +215,18 @@ def _ctrl_c(tmp_path: Path, args: list[str], ready: Callable[[subprocess.Popen[b
     return _stop_mid_run(tmp_path, args, ready, lambda proc: proc.send_signal(signal.SIGINT), "SIGINT")
 
 
+def _recorded(results: Path, n: int) -> Callable[[subprocess.Popen[bytes]], bool]:
+    """Ready once the run has recorded ``n`` queries."""
+    return lambda proc: results.exists() and len(results.read_text().splitlines()) >= n
+
+
+def _engine_core(proc: subprocess.Popen[bytes]) -> psutil.Process | None:
+    """The run's vLLM engine core process (the policy's: the default job runs no other engine)."""
+    with contextlib.suppress(psutil.Error):
+        return next((c for c in psutil.Process(proc.pid).children(recursive=True) if "EngineCore" in c.name()), None)
+    return None
+
+
 def test_a_run_that_inherited_sigint_ignored_ignores_it_while_its_engines_start_too() -> None:
     """As it does mid-run (Python and asyncio leave an ignored SIGINT ignored): once it stopped such a
     run while its engine started, and nowhere else."""
@@ -233,12 +245,8 @@ def test_a_run_that_inherited_sigint_ignored_ignores_it_while_its_engines_start_
 def test_ctrl_c_mid_run_says_so_in_one_line_and_keeps_what_finished(tmp_path: Path) -> None:
     results = tmp_path / "results.jsonl"
     limit = 20000  # a query takes ~0.1 s: hours of work, so the signal always lands mid-run
-
-    def three_recorded(proc: subprocess.Popen[bytes]) -> bool:
-        return results.exists() and len(results.read_text().splitlines()) >= 3
-
     code, err = _ctrl_c(tmp_path, ["strategy=best_of_n", "strategy.n=2", f"dataset.limit={limit}", "concurrency=1"],
-                        three_recorded)
+                        _recorded(results, 3))
     assert code == 130, err[-2000:]
     assert "Traceback" not in err, err[-2000:]
     kept = read_records(results)
@@ -253,25 +261,12 @@ def test_ctrl_c_mid_run_says_so_in_one_line_and_keeps_what_finished(tmp_path: Pa
 def test_ctrl_c_while_the_engine_starts_stops_the_run(tmp_path: Path) -> None:
     """vLLM swallows a KeyboardInterrupt raised while it waits for its engine to start; the run
     once went on regardless, or waited ten minutes for the engine that the interrupt cut off."""
-
-    def engine_starting(proc: subprocess.Popen[bytes]) -> bool:
-        with contextlib.suppress(psutil.Error):
-            return any("EngineCore" in c.name() for c in psutil.Process(proc.pid).children())
-        return False
-
-    code, err = _ctrl_c(tmp_path, ["dataset.limit=20000"], engine_starting)
+    code, err = _ctrl_c(tmp_path, ["dataset.limit=20000"], lambda proc: _engine_core(proc) is not None)
     assert code == 130, err[-2000:]
     assert "Traceback" not in err, err[-2000:]
     assert "interrupt: stopping once the engines have started" in err  # it landed while the engine started
     assert f"interrupted: 0 queries recorded in {tmp_path / 'results.jsonl'}" in err
     assert not (tmp_path / "results.jsonl").exists() and not (tmp_path / "summary.json").exists()
-
-
-def _engine_core(proc: subprocess.Popen[bytes]) -> psutil.Process | None:
-    """The run's vLLM engine core process (the policy's: the default job runs no other engine)."""
-    with contextlib.suppress(psutil.Error):
-        return next((c for c in psutil.Process(proc.pid).children(recursive=True) if "EngineCore" in c.name()), None)
-    return None
 
 
 @pytest.mark.engine
@@ -286,16 +281,13 @@ def test_an_engine_killed_mid_run_stops_the_run_in_one_line_and_a_rerun_resumes(
     args = ["concurrency=1"]  # the default job, a query at a time: the engine dies mid-run
     killed: list[int] = []
 
-    def three_recorded(proc: subprocess.Popen[bytes]) -> bool:
-        return results.exists() and len(results.read_text().splitlines()) >= 3
-
     def kill_engine_core(proc: subprocess.Popen[bytes]) -> None:
         core = _engine_core(proc)
         assert core is not None, "no EngineCore among the run's processes"
         killed.append(core.pid)
         core.kill()
 
-    code, err = _stop_mid_run(tmp_path, args, three_recorded, kill_engine_core, "its EngineCore was killed",
+    code, err = _stop_mid_run(tmp_path, args, _recorded(results, 3), kill_engine_core, "its EngineCore was killed",
                               wait_s=60)
     assert code == ENGINE_DIED_EXIT, err[-2000:]
     assert "Traceback" not in err, err[-2000:]

@@ -121,10 +121,8 @@ def _ctrl_c_held() -> Iterator[None]:
     control) ignores it here too, as it does for the rest of the run: this once stopped such a
     run while its engine started and nowhere else.
     """
-    if threading.current_thread() is not threading.main_thread():  # only it may set signal handlers
-        yield
-        return
-    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    # Only the main thread may set signal handlers; an ignored SIGINT stays ignored.
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         yield
         return
     held: list[int] = []
